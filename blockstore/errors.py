@@ -1,0 +1,114 @@
+"""Domain errors of the blockstore, raised in the core and mapped to HTTP once by the server.
+
+The tree::
+
+    NetTailorError                  base of every error this project raises on purpose
+    ├── InvalidTaskId               a task id outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``
+    ├── InvalidPlan                 a plan that does not fit its backbone (sources, shapes, dead nodes)
+    ├── PackError                   anything wrong with TaskPack bytes
+    │   ├── CorruptPack             garbage, truncated bytes, missing keys, wrong shapes, bad JSON
+    │   ├── UnsupportedFormat       a ``format`` tag this code does not read
+    │   ├── BackboneMismatch        a pack trained on another backbone
+    │   └── PackTaskMismatch        registering a pack under another task's id
+    ├── BackboneError               a backbone that cannot be built or loaded
+    │   └── WeightsUnavailable      weights that cannot be had (offline download, missing file)
+    ├── NotFound                    something the store does not hold
+    │   ├── TaskNotFound
+    │   ├── VersionNotFound
+    │   ├── PackNotFound
+    │   └── BackboneNotFound
+    └── StoreUnavailable            the store cannot be reached (Redis down, directory unwritable)
+
+Every error carries a stable machine-readable ``code`` used in ``{"error": code, "detail": text}``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackboneError",
+    "BackboneMismatch",
+    "BackboneNotFound",
+    "CorruptPack",
+    "InvalidPlan",
+    "InvalidTaskId",
+    "NetTailorError",
+    "NotFound",
+    "PackError",
+    "PackNotFound",
+    "PackTaskMismatch",
+    "StoreUnavailable",
+    "TaskNotFound",
+    "UnsupportedFormat",
+    "VersionNotFound",
+    "WeightsUnavailable",
+]
+
+
+class NetTailorError(Exception):
+    """Base class. ``code`` is the stable identifier clients switch on."""
+
+    code = "nettailor_error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidTaskId(NetTailorError):
+    code = "invalid_task_id"
+
+
+class InvalidPlan(NetTailorError):
+    code = "invalid_plan"
+
+
+class PackError(NetTailorError):
+    code = "bad_pack"
+
+
+class CorruptPack(PackError):
+    code = "corrupt_pack"
+
+
+class UnsupportedFormat(PackError):
+    code = "unsupported_format"
+
+
+class BackboneMismatch(PackError):
+    code = "backbone_mismatch"
+
+
+class PackTaskMismatch(PackError):
+    code = "pack_task_mismatch"
+
+
+class BackboneError(NetTailorError):
+    code = "bad_backbone"
+
+
+class WeightsUnavailable(BackboneError):
+    code = "weights_unavailable"
+
+
+class NotFound(NetTailorError):
+    code = "not_found"
+
+
+class TaskNotFound(NotFound):
+    code = "task_not_found"
+
+
+class VersionNotFound(NotFound):
+    code = "version_not_found"
+
+
+class PackNotFound(NotFound):
+    code = "pack_not_found"
+
+
+class BackboneNotFound(NotFound):
+    code = "backbone_not_found"
+
+
+class StoreUnavailable(NetTailorError):
+    code = "store_unavailable"

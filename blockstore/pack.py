@@ -1,0 +1,169 @@
+"""TaskPack: one safetensors blob holding a task's tensors and its metadata.  Never a pickle.
+
+Metadata keys: ``format`` (``nettailor-pack/1``), ``task_id``, ``version``, ``backbone_id``, ``plan``,
+``labels``, ``preprocess``, ``metrics`` and ``created_at``; the JSON ones are JSON strings.  Tensor
+names are those of :meth:`TailoredNet.state_dict`.  The SHA-256 of the bytes is the pack's identity.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cached_property
+
+import torch
+from torch import Tensor
+
+from . import st_io
+from .backbone import Backbone
+from .errors import BackboneMismatch, CorruptPack, InvalidPlan, UnsupportedFormat
+from .plan import Plan
+from .preprocess import Preprocess
+from .tailored import TailoredNet
+from .taskid import validate_task_id
+
+__all__ = ["PACK_FORMAT", "PackInfo", "TaskPack", "read_pack_info"]
+
+PACK_FORMAT = "nettailor-pack/1"
+_KEYS = ("format", "task_id", "version", "backbone_id", "plan", "labels", "preprocess", "metrics", "created_at")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class PackInfo:
+    """What a store needs to know about a pack, read from its header alone."""
+
+    task_id: str
+    version: str
+    backbone_id: str
+    sha256: str
+    nbytes: int
+
+
+def _check_header(meta: dict[str, str]) -> None:
+    fmt = meta.get("format")
+    if fmt is None:
+        raise CorruptPack("pack metadata has no 'format' key: not a TaskPack")
+    if fmt != PACK_FORMAT:
+        raise UnsupportedFormat(f"pack format {fmt!r} is not supported (this build reads {PACK_FORMAT!r})")
+    missing = [k for k in _KEYS if k not in meta]
+    if missing:
+        raise CorruptPack(f"pack metadata lacks {missing}")
+    if not _SHA256.match(meta["backbone_id"]):
+        raise CorruptPack("pack backbone_id is not a SHA-256 hex digest")
+    try:
+        validate_task_id(meta["task_id"])
+    except Exception as e:
+        raise CorruptPack(f"pack task_id is invalid: {e}") from None
+
+
+def read_pack_info(data: bytes) -> PackInfo:
+    """Validate the header of pack ``data`` (cheap: no tensors are decoded)."""
+    meta = st_io.read_metadata(data)
+    _check_header(meta)
+    return PackInfo(meta["task_id"], meta["version"], meta["backbone_id"], hashlib.sha256(data).hexdigest(), len(data))
+
+
+@dataclass
+class TaskPack:
+    task_id: str
+    backbone_id: str
+    plan: Plan
+    labels: list[str]
+    preprocess: Preprocess
+    tensors: dict[str, Tensor]
+    version: str = "1"
+    metrics: dict = field(default_factory=dict)
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    # -- bytes -----------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        meta = {
+            "format": PACK_FORMAT,
+            "task_id": self.task_id,
+            "version": str(self.version),
+            "backbone_id": self.backbone_id,
+            "plan": self.plan.to_json(),
+            "labels": json.dumps(self.labels),
+            "preprocess": self.preprocess.to_json(),
+            "metrics": json.dumps(self.metrics, sort_keys=True),
+            "created_at": self.created_at,
+        }
+        return st_io.dumps(self.tensors, meta)
+
+    @cached_property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @classmethod
+    def from_bytes(cls, data: bytes, *, backbone_id: str | None = None) -> TaskPack:
+        """Parse and validate ``data``. With ``backbone_id``, refuse a pack trained on another backbone."""
+        meta = st_io.read_metadata(data)
+        _check_header(meta)
+        if backbone_id is not None and meta["backbone_id"] != backbone_id:
+            raise BackboneMismatch(
+                f"pack {meta['task_id']!r} was trained on backbone {meta['backbone_id'][:12]}..., "
+                f"not on the loaded backbone {backbone_id[:12]}..."
+            )
+        tensors, _ = st_io.loads(data)
+        try:
+            plan = Plan.from_json(meta["plan"])
+            labels = json.loads(meta["labels"])
+            preprocess = Preprocess.from_json(meta["preprocess"])
+            metrics = json.loads(meta["metrics"])
+        except InvalidPlan as e:
+            raise CorruptPack(f"pack plan is invalid: {e.detail}") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise CorruptPack(f"pack metadata is malformed: {e}") from None
+        if not (isinstance(labels, list) and labels and all(isinstance(s, str) for s in labels)):
+            raise CorruptPack("pack labels must be a non-empty JSON list of strings")
+        if not isinstance(metrics, dict):
+            raise CorruptPack("pack metrics must be a JSON object")
+        return cls(meta["task_id"], meta["backbone_id"], plan, labels, preprocess, tensors,
+                   meta["version"], metrics, meta["created_at"])
+
+    # -- networks --------------------------------------------------------------------------
+
+    @classmethod
+    def from_net(cls, net: TailoredNet, task_id: str, labels: list[str], preprocess: Preprocess, *,
+                 version: str = "1", metrics: dict | None = None) -> TaskPack:
+        validate_task_id(task_id)
+        if len(labels) != net.num_classes:
+            raise ValueError(f"{len(labels)} labels for a {net.num_classes}-way classifier")
+        return cls(task_id, net.backbone.backbone_id, net.plan, list(labels), preprocess,
+                   {k: v.detach().cpu().contiguous() for k, v in net.task_tensors().items()},
+                   str(version), dict(metrics or {}))
+
+    def build(self, backbone: Backbone) -> TailoredNet:
+        """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated."""
+        if self.backbone_id != backbone.backbone_id:
+            raise BackboneMismatch(
+                f"pack {self.task_id!r} was trained on backbone {self.backbone_id[:12]}..., "
+                f"not on {backbone.backbone_id[:12]}..."
+            )
+        try:
+            net = TailoredNet(backbone, self.plan, len(self.labels))
+        except InvalidPlan as e:
+            raise CorruptPack(f"pack plan does not fit the backbone: {e.detail}") from None
+        want = net.state_dict()
+        missing = sorted(set(want) - set(self.tensors))
+        extra = sorted(set(self.tensors) - set(want))
+        if missing or extra:
+            raise CorruptPack(f"pack tensors do not match its plan: missing {missing[:5]}, unexpected {extra[:5]}")
+        for k, v in want.items():
+            t = self.tensors[k]
+            if t.shape != v.shape or t.dtype != v.dtype:
+                got, need = f"{t.dtype}{list(t.shape)}", f"{v.dtype}{list(v.shape)}"
+                raise CorruptPack(f"pack tensor {k} is {got}, the plan needs {need}")
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise CorruptPack(f"pack tensor {k} holds NaN or infinite values")
+        net.load_state_dict(self.tensors)
+        return net.eval()
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())

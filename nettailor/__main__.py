@@ -1,0 +1,5 @@
+import sys
+
+from nettailor.cli import main
+
+sys.exit(main())

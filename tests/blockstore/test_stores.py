@@ -1,0 +1,189 @@
+"""Both stores behave identically: the same tests run on DirStore and on the real Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from blockstore import (
+    BackboneNotFound,
+    CorruptPack,
+    DirStore,
+    InvalidTaskId,
+    PackNotFound,
+    PackTaskMismatch,
+    RedisStore,
+    StoreEvent,
+    StoreUnavailable,
+    TaskNotFound,
+    TaskPack,
+    VersionNotFound,
+    load_resident,
+    open_store,
+)
+
+
+@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
+def store(request, tmp_path):
+    if request.param == "dir":
+        return DirStore(tmp_path / "store", poll_interval=0.05)
+    return request.getfixturevalue("redis_store")
+
+
+def test_backbones_are_content_addressed_with_a_default(store, backbone, other_backbone):
+    with pytest.raises(BackboneNotFound, match="pretrain"):
+        store.get_backbone()
+    bid = store.put_backbone(backbone.to_bytes())
+    assert bid == backbone.backbone_id == store.default_backbone_id()
+    store.put_backbone(other_backbone.to_bytes(), make_default=False)
+    assert store.get_backbone() == backbone.to_bytes()
+    assert store.get_backbone(other_backbone.backbone_id) == other_backbone.to_bytes()
+    with pytest.raises(BackboneNotFound):
+        store.get_backbone("0" * 64)
+    resident = load_resident(store, device="cpu")
+    assert resident.backbone_id == bid and not any(p.requires_grad for p in resident.parameters())
+
+
+def test_register_versions_history_and_idempotence(store, make_pack):
+    v1, v2 = make_pack(seed=1).to_bytes(), make_pack(seed=2).to_bytes()
+    rec, changed = store.register("digits", v1)
+    assert (rec.version, changed) == (1, True)
+    rec, changed = store.register("digits", v1)  # same bytes: no new version
+    assert (rec.version, changed, len(rec.history)) == (1, False, 1)
+    rec, changed = store.register("digits", v2)
+    assert (rec.version, changed, [h.version for h in rec.history]) == (2, True, [1, 2])
+    got_rec, got = store.get_pack("digits")
+    assert got == v2 and got_rec == rec
+    assert TaskPack.from_bytes(got).sha256 == rec.sha256
+    assert store.get_pack_bytes(rec.history[0].sha256) == v1
+    assert store.list_tasks() == ["digits"]
+
+
+def test_rollback_and_delete(store, make_pack):
+    v1, v2 = make_pack(seed=1).to_bytes(), make_pack(seed=2).to_bytes()
+    store.register("digits", v1)
+    store.register("digits", v2)
+    rec = store.rollback("digits", 1)
+    assert rec.version == 1 and store.get_pack("digits")[1] == v1
+    assert [h.version for h in rec.history] == [1, 2]
+    rec, _ = store.register("digits", v2)  # re-deploying v2's bytes is a new version
+    assert rec.version == 3
+    with pytest.raises(VersionNotFound):
+        store.rollback("digits", 9)
+    store.delete("digits")
+    assert store.list_tasks() == []
+    with pytest.raises(TaskNotFound):
+        store.get_record("digits")
+    with pytest.raises(TaskNotFound):
+        store.delete("digits")
+    with pytest.raises(TaskNotFound):
+        store.rollback("digits", 1)
+    with pytest.raises(PackNotFound):
+        store.get_pack_bytes("f" * 64)
+
+
+@pytest.mark.parametrize("bad", ["", "../etc", ".hidden", "a/b", "a b", "x" * 65, "nt:task:x", "a\n", "\u00e9t\u00e9"])
+def test_task_ids_are_strict(store, make_pack, bad):
+    with pytest.raises(InvalidTaskId):
+        store.register(bad, make_pack().to_bytes())
+    with pytest.raises(InvalidTaskId):
+        store.get_record(bad)
+    with pytest.raises(InvalidTaskId):
+        store.delete(bad)
+
+
+def test_register_refuses_bad_bytes_and_foreign_task_ids(store, make_pack):
+    data = make_pack(task_id="digits").to_bytes()
+    with pytest.raises(PackTaskMismatch):
+        store.register("letters", data)
+    with pytest.raises(CorruptPack):
+        store.register("digits", data[:-10])
+    assert store.list_tasks() == []
+
+
+def test_events_reach_subscribers(store, make_pack):
+    seen: list[StoreEvent] = []
+    sub = store.subscribe(seen.append)
+    try:
+        store.register("digits", make_pack(seed=1).to_bytes())
+        store.register("digits", make_pack(seed=2).to_bytes())
+        store.delete("digits")
+        deadline = time.time() + 5
+        while len(seen) < 3 and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        sub.close()
+    assert [(e.kind, e.task_id, e.version) for e in seen] == [
+        ("register", "digits", 1), ("update", "digits", 2), ("delete", "digits", None)]
+
+
+def test_concurrent_registration_storm(store, make_pack):
+    """8 writers register 3 versions each of one task while a reader polls: every version lands
+    exactly once, and the current pointer always names bytes that exist."""
+    packs = [[make_pack(seed=100 * w + i).to_bytes() for i in range(3)] for w in range(8)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    reads = 0
+
+    def writer(mine):
+        try:
+            for data in mine:
+                store.register("digits", data)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def reader():
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                rec, data = store.get_pack("digits")
+                assert TaskPack.from_bytes(data).sha256 == rec.sha256
+                reads += 1
+            except TaskNotFound:
+                pass
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+                return
+
+    r = threading.Thread(target=reader)
+    r.start()
+    threads = [threading.Thread(target=writer, args=(p,)) for p in packs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stop.set()
+    r.join()
+    assert not errors, errors
+    rec = store.get_record("digits")
+    shas = [h.sha256 for h in rec.history]
+    assert len(shas) == 24 and len(set(shas)) == 24
+    assert [h.version for h in rec.history] == list(range(1, 25))
+    assert rec.sha256 == shas[-1]
+    assert reads > 0
+
+
+@pytest.mark.redis
+def test_unreachable_redis_is_store_unavailable(make_pack):
+    dead = RedisStore("redis://127.0.0.1:1/0", socket_timeout=0.5)
+    for call in (dead.ping, dead.list_tasks, lambda: dead.get_record("digits"),
+                 lambda: dead.register("digits", make_pack().to_bytes()), dead.get_backbone):
+        with pytest.raises(StoreUnavailable, match="unreachable"):
+            call()
+
+
+def test_open_store_picks_the_implementation(tmp_path, monkeypatch):
+    assert isinstance(open_store(str(tmp_path / "s")), DirStore)
+    assert isinstance(open_store("redis://127.0.0.1:6379/0?prefix=x:"), RedisStore)
+    monkeypatch.setenv("NETTAILOR_STORE", str(tmp_path / "env"))
+    s = open_store()
+    assert isinstance(s, DirStore) and s.root == tmp_path / "env"
+
+
+def test_unwritable_directory_is_store_unavailable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(StoreUnavailable):
+        DirStore(blocker / "store")
