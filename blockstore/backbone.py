@@ -135,9 +135,9 @@ class Backbone(nn.Module):
         return nn.Sequential(n.conv1, n.bn1, n.relu, n.maxpool)
 
     @property
-    def blocks(self) -> list[nn.Module]:
+    def blocks(self) -> list[BasicBlock | Bottleneck]:
         n = self.net
-        return [b for layer in (n.layer1, n.layer2, n.layer3, n.layer4) for b in layer]
+        return [b for layer in (n.layer1, n.layer2, n.layer3, n.layer4) for b in layer]  # type: ignore[misc]
 
     @property
     def head(self) -> nn.Linear:
@@ -165,7 +165,7 @@ class Backbone(nn.Module):
             blocks = []
             for i, blk in enumerate(self.blocks, start=1):
                 flops, y = count_flops(blk, x)
-                stride = int(blk.stride)
+                stride = int(blk.stride)  # type: ignore[arg-type]
                 blocks.append(
                     BlockSpec(i, x.shape[1], y.shape[1], stride, x.shape[-1], y.shape[-1], flops, count_params(blk))
                 )

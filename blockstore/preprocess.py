@@ -38,7 +38,7 @@ class Preprocess:
         img = img.convert("L" if self.channels == 1 else "RGB")
         if img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.Resampling.BILINEAR)
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy: torch.from_numpy warns on read-only arrays
         if arr.ndim == 2:
             arr = arr[None]
         else:

@@ -72,8 +72,15 @@ class TailoredNet(nn.Module):
         return run_block(self.backbone.blocks[layer - 1], x, stats, self.bn_training)  # type: ignore[arg-type]
 
     def path_weights(self, layer: int) -> Tensor:
-        """alpha = softmax(a) over the layer's kept paths, in :meth:`Plan.paths` order."""
-        return torch.softmax(self.alphas[str(layer)], dim=0)
+        """alpha = softmax(a) over the layer's kept paths, in :meth:`Plan.paths` order (empty if none)."""
+        key = str(layer)
+        if key not in self.alphas:
+            return torch.zeros(0, device=self.head.weight.device)
+        return torch.softmax(self.alphas[key], dim=0)
+
+    def proxy(self, layer: int, src: int) -> Proxy:
+        """The proxy A_src^layer (KeyError if the plan does not keep it)."""
+        return self.proxies[_pkey(layer, src)]  # type: ignore[return-value]
 
     def branches(self, layer: int, nodes: list[Tensor | None]) -> list[Tensor]:
         """Outputs of the layer's kept paths, in alpha order."""
@@ -82,7 +89,7 @@ class TailoredNet(nn.Module):
             if src is None:
                 out.append(self.block(layer, nodes[layer - 1]))  # type: ignore[arg-type]
             else:
-                out.append(self.proxies[_pkey(layer, src)](nodes[src]))
+                out.append(self.proxy(layer, src)(nodes[src]))
         return out
 
     def mix(self, layer: int, branches: list[Tensor]) -> Tensor:

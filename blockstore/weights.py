@@ -17,21 +17,27 @@ __all__ = ["load_backbone"]
 _TORCHVISION_ENUMS = {"resnet18": "ResNet18_Weights", "resnet34": "ResNet34_Weights", "resnet50": "ResNet50_Weights"}
 
 
-def load_backbone(config: BackboneConfig, weights: str | None = None, *, seed: int = 0) -> Backbone:
+def load_backbone(config: BackboneConfig | None, weights: str | None = None, *, seed: int = 0) -> Backbone:
     """Build a backbone and fill its weights.
 
     ``weights`` is one of:
       * ``None`` or ``"random"``: seeded random initialisation (tests, or pre-training from scratch);
       * ``"torchvision"`` or ``"torchvision:IMAGENET1K_V1"``: download torchvision's ImageNet weights;
       * a path to a ``.pth``/``.pt`` state dict, a ``.safetensors`` state dict, or a NetTailor backbone blob.
+
+    ``config`` may be None only for a NetTailor backbone blob, which records its own configuration.
     """
+    if weights is not None and not weights.startswith("torchvision") and weights != "random":
+        return _from_file(config, Path(weights))
+    if config is None:
+        raise BackboneError("a backbone configuration is needed unless loading a NetTailor backbone file")
     if weights in (None, "random"):
         torch.manual_seed(seed)
         return Backbone(config)
     assert weights is not None
     if weights.startswith("torchvision"):
         return _from_torchvision(config, weights.partition(":")[2] or "DEFAULT")
-    return _from_file(config, Path(weights))
+    raise BackboneError(f"unknown weights {weights!r}")
 
 
 def _from_torchvision(config: BackboneConfig, variant: str) -> Backbone:
@@ -56,7 +62,7 @@ def _from_torchvision(config: BackboneConfig, variant: str) -> Backbone:
     return bb
 
 
-def _from_file(config: BackboneConfig, path: Path) -> Backbone:
+def _from_file(config: BackboneConfig | None, path: Path) -> Backbone:
     if not path.is_file():
         raise WeightsUnavailable(f"weights file {path} does not exist")
     data = path.read_bytes()
@@ -70,19 +76,24 @@ def _from_file(config: BackboneConfig, path: Path) -> Backbone:
             raise BackboneError(f"{path} is not a readable safetensors file: {e.detail}") from None
         if meta.get("format", "").startswith("nettailor-backbone/"):
             bb = Backbone.from_bytes(data)
-            if bb.config != config:
+            if config is not None and bb.config != config:
                 raise BackboneError(f"{path} holds a {bb.config} backbone, not the requested {config}")
             return bb
         state = tensors
     elif path.suffix in (".pth", ".pt"):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
             raise BackboneError(f"cannot read {path} as a PyTorch state dict: {e}") from None
-        if isinstance(state, dict) and "state_dict" in state:
-            state = state["state_dict"]
+        if isinstance(loaded, dict) and "state_dict" in loaded:
+            loaded = loaded["state_dict"]
+        if not isinstance(loaded, dict):
+            raise BackboneError(f"{path} does not hold a state dict")
+        state = loaded
     else:
         raise BackboneError(f"unknown weights file type {path.suffix!r}; use .pth, .pt or .safetensors")
+    if config is None:
+        raise BackboneError(f"{path} is a plain state dict: say which arch and stem it is for")
     bb = Backbone(config)
     try:
         bb.net.load_state_dict(state, strict=True)

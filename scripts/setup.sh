@@ -18,7 +18,7 @@ stamp="$VENV/.setup-$(cat pyproject.toml clients/pyproject.toml scripts/setup.sh
 if [ -f "$stamp" ]; then
   exit 0
 fi
-pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
+pip=("$VENV/bin/python" -m pip install --disable-pip-version-check -qq)
 say "installing torch==2.14.1 torchvision==0.29.1 (about a minute)"
 "${pip[@]}" torch==2.14.1 torchvision==0.29.1
 say "installing nettailor[train,serve,dev] and the nettailor-client SDK"
