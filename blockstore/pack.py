@@ -100,8 +100,11 @@ class TaskPack:
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backbone_id: str | None = None) -> TaskPack:
-        """Parse and validate ``data``. With ``backbone_id``, refuse a pack trained on another backbone."""
+    def from_bytes(cls, data: bytes, *, backbone_id: str | None = None, sha256: str | None = None) -> TaskPack:
+        """Parse and validate ``data``. With ``backbone_id``, refuse a pack trained on another backbone.
+
+        ``sha256`` is the known digest of ``data`` (a store's content address); otherwise it is hashed.
+        """
         meta = st_io.read_metadata(data)
         _check_header(meta)
         if backbone_id is not None and meta["backbone_id"] != backbone_id:
@@ -123,8 +126,10 @@ class TaskPack:
             raise CorruptPack("pack labels must be a non-empty JSON list of strings")
         if not isinstance(metrics, dict):
             raise CorruptPack("pack metrics must be a JSON object")
-        return cls(meta["task_id"], meta["backbone_id"], plan, labels, preprocess, tensors,
+        pack = cls(meta["task_id"], meta["backbone_id"], plan, labels, preprocess, tensors,
                    meta["version"], metrics, meta["created_at"])
+        pack.__dict__["sha256"] = sha256 or hashlib.sha256(data).hexdigest()  # bytes round-trip exactly
+        return pack
 
     # -- networks --------------------------------------------------------------------------
 
@@ -139,14 +144,19 @@ class TaskPack:
                    str(version), dict(metrics or {}))
 
     def build(self, backbone: Backbone) -> TailoredNet:
-        """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated."""
+        """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated.
+
+        On CPU the net takes the pack's tensors as its own (no copy, no throw-away random init):
+        build once per pack, or copy the tensors before training one of several builds.
+        """
         if self.backbone_id != backbone.backbone_id:
             raise BackboneMismatch(
                 f"pack {self.task_id!r} was trained on backbone {self.backbone_id[:12]}..., "
                 f"not on {backbone.backbone_id[:12]}..."
             )
         try:
-            net = TailoredNet(backbone, self.plan, len(self.labels))
+            with torch.device("meta"):  # no random init of tensors that are about to be replaced
+                net = TailoredNet(backbone, self.plan, len(self.labels))
         except InvalidPlan as e:
             raise CorruptPack(f"pack plan does not fit the backbone: {e.detail}") from None
         want = net.state_dict()
@@ -161,8 +171,8 @@ class TaskPack:
                 raise CorruptPack(f"pack tensor {k} is {got}, the plan needs {need}")
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise CorruptPack(f"pack tensor {k} holds NaN or infinite values")
-        net.load_state_dict(self.tensors)
-        return net.eval()
+        net.load_state_dict(self.tensors, assign=True)
+        return net.to(next(backbone.parameters()).device).eval()
 
     @property
     def nbytes(self) -> int:

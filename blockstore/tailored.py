@@ -51,8 +51,10 @@ class TailoredNet(nn.Module):
                 named = {n.replace(".", "_"): m for n, m in blk.named_modules() if isinstance(m, nn.BatchNorm2d)}
                 self.norms[f"b{l}"] = nn.ModuleDict({k: BNStats(m) for k, m in named.items()})
         self.head = nn.Linear(spec.nodes[-1].channels, num_classes)
-        # Follow the backbone's device so a fresh net is ready to run.
-        self.to(next(backbone.parameters()).device)
+        # Follow the backbone's device so a fresh net is ready to run (unless built on "meta" to be
+        # filled by load_state_dict(assign=True)).
+        if self.head.weight.device.type != "meta":
+            self.to(next(backbone.parameters()).device)
 
     # -- forward ---------------------------------------------------------------------------
 

@@ -24,9 +24,11 @@ from contextlib import contextmanager
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
 
 from ..errors import PackNotFound, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
@@ -40,13 +42,16 @@ log = logging.getLogger(__name__)
 
 class RedisStore(Store):
     def __init__(self, url: str = "redis://127.0.0.1:6379/0", *, prefix: str | None = None,
-                 socket_timeout: float = 5.0) -> None:
+                 socket_timeout: float = 5.0, connect_timeout: float = 1.0) -> None:
         parts = urlsplit(url)
         query = parse_qs(parts.query)
         self.prefix = prefix or query.pop("prefix", ["nt:"])[0]
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self.url = url
-        self._client = redis.Redis.from_url(clean, socket_timeout=socket_timeout, socket_connect_timeout=socket_timeout)
+        # One immediate retry covers a pooled connection that went stale (Redis restarted); more,
+        # with redis-py's default backoff, would stall every call for seconds during an outage.
+        self._client = redis.Redis.from_url(clean, socket_timeout=socket_timeout,
+                                            socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1))
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

@@ -1,0 +1,155 @@
+"""``nettailor-client``: the SDK from a shell.
+
+Exit codes: 0 success, 2 usage error (bad arguments, unreadable local file), 3 the server answered
+with an error, 4 the server could not be reached (connection refused, timeout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from . import __version__
+from ._format import PREDICTION_HEADERS, prediction_rows, table, task_detail, tasks_table
+from .client import Client
+from .errors import APIError, ImageEncodingError, NetTailorError, TransportError
+
+__all__ = ["EXIT_OK", "EXIT_SERVER", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+
+EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_UNREACHABLE = 0, 2, 3, 4
+
+
+def _common() -> argparse.ArgumentParser:
+    # Defaults are SUPPRESS so that the options work both before and after the subcommand
+    # without the subparser's defaults overwriting what was given before it.
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection and output")
+    g.add_argument("--url", default=argparse.SUPPRESS,
+                   help="server base URL (default: $NETTAILOR_URL or http://127.0.0.1:8000)")
+    g.add_argument("--token", default=argparse.SUPPRESS,
+                   help="operator token for register, delete and rollback (default: $NETTAILOR_TOKEN)")
+    g.add_argument("--timeout", type=float, default=argparse.SUPPRESS, help="seconds per request (default: 30)")
+    g.add_argument("--retries", type=int, default=argparse.SUPPRESS,
+                   help="retries of overload answers (429/503) with backoff (default: 3)")
+    g.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                   help="print JSON for scripts instead of tables")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _common()
+    parser = argparse.ArgumentParser(prog="nettailor-client", parents=[common],
+                                     description="Query and manage a NetTailor server over HTTP.",
+                                     epilog="exit codes: 0 ok, 2 usage error, 3 server error, 4 server unreachable")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("predict", parents=[common], help="classify images with a task (or several: a,b,c)")
+    p.add_argument("task", metavar="TASK", help="task id; a comma-separated list runs every task on each image")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG or WebP)")
+    p.add_argument("--top-k", type=int, default=5, help="labels to return per image (default: 5)")
+
+    sub.add_parser("tasks", parents=[common], help="list the registered tasks")
+
+    p = sub.add_parser("task", parents=[common], help="show one task: plan, costs, metrics and history")
+    p.add_argument("task", metavar="ID", help="task id")
+
+    p = sub.add_parser("register", parents=[common], help="register or update a task from a pack file")
+    p.add_argument("task", metavar="ID", help="task id (must match the pack's)")
+    p.add_argument("pack", metavar="PACK", help="pack file, as written by 'nettailor tailor'")
+
+    p = sub.add_parser("delete", parents=[common], help="delete a task")
+    p.add_argument("task", metavar="ID", help="task id")
+
+    p = sub.add_parser("rollback", parents=[common], help="re-point a task at an earlier version")
+    p.add_argument("task", metavar="ID", help="task id")
+    p.add_argument("version", metavar="VERSION", type=int, help="store version (see 'task ID')")
+    return parser
+
+
+def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        print(text)
+
+
+def _predict(client: Client, args: argparse.Namespace) -> None:
+    tasks = [t for t in args.task.split(",") if t]
+    out: list[dict[str, Any]] = []
+    rows: list[list[Any]] = []
+    for image in args.images:
+        if len(tasks) == 1:
+            preds = [client.predict(tasks[0], image, top_k=args.top_k)]
+        else:
+            multi = client.predict_multi(image, tasks, top_k=args.top_k)
+            preds = [multi.results[t] for t in tasks if t in multi.results]
+        for p in preds:
+            out.append({"image": image, **p.model_dump()})
+            rows += prediction_rows(image, p)
+    _emit(args, out, table(PREDICTION_HEADERS, rows))
+
+
+def _run(client: Client, args: argparse.Namespace) -> None:
+    cmd = args.command
+    if cmd == "predict":
+        _predict(client, args)
+    elif cmd == "tasks":
+        tasks = client.list_tasks()
+        _emit(args, {"tasks": [t.model_dump() for t in tasks]}, tasks_table(tasks) if tasks else "no tasks")
+    elif cmd == "task":
+        detail = client.get_task(args.task)
+        _emit(args, detail.model_dump(), task_detail(detail))
+    elif cmd == "register":
+        with open(args.pack, "rb") as f:
+            pack = f.read()
+        reg = client.register(args.task, pack)
+        what = "registered" if reg.changed else "unchanged (same pack):"
+        _emit(args, reg.model_dump(), f"{reg.task_id} {what} version {reg.version}, sha256 {reg.sha256[:12]}")
+    elif cmd == "delete":
+        client.delete(args.task)
+        _emit(args, {"task_id": args.task, "deleted": True}, f"deleted {args.task}")
+    elif cmd == "rollback":
+        reg = client.rollback(args.task, args.version)
+        _emit(args, reg.model_dump(), f"{reg.task_id} now at version {reg.version}, sha256 {reg.sha256[:12]}")
+
+
+def _fail(args: argparse.Namespace, code: int, kind: str, exc: BaseException, label: str | None = None,
+          **extra: Any) -> int:
+    """One line on stderr: ``nettailor-client: LABEL: message``, or a JSON error object with ``--json``."""
+    if getattr(args, "json", False):
+        detail = exc.detail if isinstance(exc, APIError) else str(exc)
+        print(json.dumps({"error": kind, "detail": detail, **extra}), file=sys.stderr)
+    else:
+        print(f"nettailor-client: {label or kind}: {exc}", file=sys.stderr)
+    return code
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.json = getattr(args, "json", False)
+    try:
+        with Client(getattr(args, "url", None), token=getattr(args, "token", None),
+                    timeout=getattr(args, "timeout", 30.0), retries=getattr(args, "retries", 3)) as client:
+            _run(client, args)
+    except APIError as e:
+        return _fail(args, EXIT_SERVER, e.code or "http_error", e, "server error", status=e.status)
+    except TransportError as e:
+        return _fail(args, EXIT_UNREACHABLE, "unreachable", e)
+    except (OSError, ImageEncodingError, ValueError, httpx.InvalidURL) as e:
+        return _fail(args, EXIT_USAGE, "usage", e)
+    except NetTailorError as e:  # an answer that breaks the contract is the server's fault
+        return _fail(args, EXIT_SERVER, "unexpected_response", e)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""The pack cache: task id -> ready-to-run task tensors on the device.
+
+* **Bounded in bytes**: an LRU over :attr:`PreparedTask.nbytes`, never a count of tasks.
+* **Single flight**: concurrent misses on one task wait for one load (threads wait on an event;
+  coroutines of one event loop share one future, so 50 requests do not park 50 threads).
+* **Reference counts**: a request holds a :class:`Lease` while its sample runs.  Prepared tasks are
+  never mutated; an update or delete only unlinks the entry, and an entry still leased is kept
+  (and its bytes counted) until the last lease is released.
+* **Invalidation**: store events drop a task's entry (``resync`` drops all).  A load that raced an
+  event is not inserted, so an update is never hidden by a stale load.
+* **Failures**: a stored pack that cannot be prepared (corrupt, other backbone) makes its task answer
+  ``task_unavailable`` for ``failure_ttl`` seconds or until the task's next store event, so a bad
+  pack does not hammer the store.  A store outage leaves cached tasks serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+
+import anyio.to_thread
+
+from blockstore import Backbone, BackboneMismatch, PackError, PackNotFound, Store, StoreEvent, TaskPack
+
+from .errors import TaskUnavailable
+from .executor import PreparedTask
+from .metrics import Metrics
+
+__all__ = ["Lease", "PackCache"]
+
+log = logging.getLogger(__name__)
+
+
+class _Entry:
+    __slots__ = ("live", "refs", "task")
+
+    def __init__(self, task: PreparedTask) -> None:
+        self.task, self.refs, self.live = task, 0, True
+
+
+class Lease:
+    """A reference to a prepared task; release it (or use ``with``) when the request is done."""
+
+    __slots__ = ("_cache", "_entry")
+
+    def __init__(self, cache: PackCache, entry: _Entry) -> None:
+        self._cache, self._entry = cache, entry
+
+    @property
+    def task(self) -> PreparedTask:
+        return self._entry.task
+
+    def release(self) -> None:
+        if self._entry is not None:
+            self._cache._release(self._entry)
+            self._entry = None  # type: ignore[assignment]
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class _Flight:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.entry: _Entry | None = None
+        self.error: BaseException | None = None
+
+
+class PackCache:
+    def __init__(self, store: Store, backbone: Backbone, capacity_bytes: int, metrics: Metrics | None = None, *,
+                 failure_ttl: float = 5.0, loader: Callable[[str], PreparedTask] | None = None) -> None:
+        self.store, self.backbone, self.capacity = store, backbone, capacity_bytes
+        self.metrics = metrics or Metrics()
+        self.failure_ttl = failure_ttl
+        self._load_fn = loader or self._load_from_store
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._retired: dict[int, _Entry] = {}  # unlinked but still leased, by id()
+        self._live_bytes = 0
+        self._flights: dict[str, _Flight] = {}
+        self._gen: dict[str, int] = {}
+        self._failures: dict[str, tuple[float, BaseException]] = {}
+        self._pending: dict[str, asyncio.Future[_Entry]] = {}  # event-loop side of single flight
+        self.loads = 0
+
+    # -- public ----------------------------------------------------------------------------
+
+    def lease(self, task_id: str) -> Lease:
+        """Blocking: the task's prepared tensors, loading them (once, for all callers) on a miss."""
+        lease = self.try_lease(task_id)
+        if lease is not None:
+            return lease
+        return self._lease_entry(self._load(task_id))
+
+    async def acquire(self, task_id: str) -> Lease:
+        """Like :meth:`lease` for coroutines: hits never leave the event loop, and concurrent misses
+        share one load running in a worker thread."""
+        lease = self.try_lease(task_id)
+        if lease is not None:
+            return lease
+        fut = self._pending.get(task_id)
+        if fut is None:
+            fut = asyncio.ensure_future(anyio.to_thread.run_sync(self._load, task_id))
+            self._pending[task_id] = fut
+
+            def forget(f: asyncio.Future[_Entry], tid: str = task_id) -> None:
+                if self._pending.get(tid) is f:
+                    del self._pending[tid]
+                if not f.cancelled():
+                    f.exception()  # retrieved: every waiter re-raises it
+
+            fut.add_done_callback(forget)
+        else:
+            self.metrics.cache_misses.inc()
+        entry = await asyncio.shield(fut)
+        return self._lease_entry(entry)
+
+    def try_lease(self, task_id: str) -> Lease | None:
+        """A hit, or None on a miss; raises the remembered failure of a task with a bad pack."""
+        with self._lock:
+            e = self._entries.get(task_id)
+            if e is not None:
+                self._entries.move_to_end(task_id)
+                e.refs += 1
+                self.metrics.cache_hits.inc()
+                return Lease(self, e)
+            failed = self._failures.get(task_id)
+            if failed is not None:
+                if failed[0] > time.monotonic():
+                    raise failed[1]
+                del self._failures[task_id]
+        return None
+
+    def invalidate(self, task_id: str, reason: str = "invalidated") -> None:
+        with self._lock:
+            self._gen[task_id] = self._gen.get(task_id, 0) + 1
+            self._failures.pop(task_id, None)
+            e = self._entries.pop(task_id, None)
+            if e is not None:
+                self._unlink(e, reason)
+            self._update_gauges()
+
+    def invalidate_all(self) -> None:
+        with self._lock:
+            for tid in set(self._entries) | set(self._failures) | set(self._flights):
+                self._gen[tid] = self._gen.get(tid, 0) + 1
+            self._failures.clear()
+            while self._entries:
+                _, e = self._entries.popitem(last=False)
+                self._unlink(e, "invalidated")
+            self._update_gauges()
+
+    def on_event(self, ev: StoreEvent) -> None:
+        """Store subscription callback (runs on the store's event thread)."""
+        if ev.kind == "resync":
+            self.invalidate_all()
+        else:
+            cur = self.cached_version(ev.task_id)
+            if cur is None or ev.sha256 is None or cur[1] != ev.sha256 or cur[0] != ev.version:
+                self.invalidate(ev.task_id)
+
+    def cached_version(self, task_id: str) -> tuple[int, str] | None:
+        with self._lock:
+            e = self._entries.get(task_id)
+            return (e.task.version, e.task.sha256) if e is not None else None
+
+    def cached_tasks(self) -> list[str]:
+        with self._lock:
+            return list(self._entries)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held on the device: cached entries plus unlinked ones still in use."""
+        with self._lock:
+            return self._live_bytes + sum(e.task.nbytes for e in self._retired.values())
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load_from_store(self, task_id: str) -> PreparedTask:
+        rec, data = self.store.get_pack(task_id)
+        try:
+            # The store addresses packs by the SHA-256 of their bytes: no need to hash them again.
+            pack = TaskPack.from_bytes(data, backbone_id=self.backbone.backbone_id, sha256=rec.sha256)
+            if pack.task_id != task_id:
+                raise PackError(f"the stored pack names task {pack.task_id!r}")
+            return PreparedTask.from_pack(pack, self.backbone, version=rec.version)
+        except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
+            why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
+            code = e.code if isinstance(e, (PackError, PackNotFound)) else type(e).__name__
+            self.metrics.pack_failures.labels(code).inc()
+            raise TaskUnavailable(f"task {task_id!r} cannot be served: its stored pack (version {rec.version}) "
+                                  f"{why}: {getattr(e, 'detail', e)}") from None
+
+    def _load(self, task_id: str) -> _Entry:
+        """Single flight: the first caller loads, the others wait for its result."""
+        with self._lock:
+            e = self._entries.get(task_id)
+            if e is not None:
+                self._entries.move_to_end(task_id)
+                return e
+            flight = self._flights.get(task_id)
+            leader = flight is None
+            if leader:
+                flight = self._flights[task_id] = _Flight()
+                gen = self._gen.get(task_id, 0)
+                self.metrics.cache_misses.inc()
+        assert flight is not None
+        if not leader:
+            flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            assert flight.entry is not None
+            return flight.entry
+        t0 = time.perf_counter()
+        try:
+            task = self._load_fn(task_id)
+        except BaseException as e:
+            with self._lock:
+                if isinstance(e, TaskUnavailable) and self._gen.get(task_id, 0) == gen:
+                    self._failures[task_id] = (time.monotonic() + self.failure_ttl, e)
+                flight.error = e
+                del self._flights[task_id]
+            flight.done.set()
+            raise
+        self.metrics.pack_load.observe(time.perf_counter() - t0)
+        entry = _Entry(task)
+        with self._lock:
+            self.loads += 1
+            if self._gen.get(task_id, 0) == gen:  # no store event raced the load
+                self._entries[task_id] = entry
+                self._live_bytes += task.nbytes
+                self._evict(keep=entry)
+            else:
+                entry.live = False
+            flight.entry = entry
+            del self._flights[task_id]
+            self._update_gauges()
+        flight.done.set()
+        return entry
+
+    # -- bookkeeping (under the lock) -------------------------------------------------------
+
+    def _lease_entry(self, entry: _Entry) -> Lease:
+        with self._lock:
+            entry.refs += 1
+            if not entry.live:
+                self._retired[id(entry)] = entry
+        return Lease(self, entry)
+
+    def _release(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.refs -= 1
+            if entry.refs <= 0 and not entry.live:
+                self._retired.pop(id(entry), None)
+                self._update_gauges()
+
+    def _unlink(self, e: _Entry, reason: str) -> None:
+        e.live = False
+        self._live_bytes -= e.task.nbytes
+        self.metrics.cache_evictions.labels(reason).inc()
+        if e.refs > 0:
+            self._retired[id(e)] = e
+
+    def _evict(self, keep: _Entry) -> None:
+        """Drop least recently used entries until the budget holds; an entry over the whole budget is
+        served to its callers but not kept."""
+        while self._live_bytes > self.capacity and self._entries:
+            tid, e = next(iter(self._entries.items()))
+            if e is keep and len(self._entries) > 1:
+                self._entries.move_to_end(tid)
+                continue
+            del self._entries[tid]
+            self._unlink(e, "capacity")
+
+    def _update_gauges(self) -> None:
+        self.metrics.cache_entries.set(len(self._entries))
+        self.metrics.cache_bytes.set(self._live_bytes + sum(e.task.nbytes for e in self._retired.values()))

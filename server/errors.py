@@ -1,0 +1,183 @@
+"""Errors the server adds to the blockstore's tree, and the one place that maps them to HTTP.
+
+The tree (blockstore's errors in brackets)::
+
+    NetTailorError
+    ├── [InvalidTaskId]             422 invalid_task_id
+    ├── [PackError]                 422 corrupt_pack / unsupported_format / pack_task_mismatch
+    │   └── [BackboneMismatch]      409 backbone_mismatch
+    ├── [NotFound]                  404 task_not_found / version_not_found / ...
+    ├── [StoreUnavailable]          503 store_unavailable
+    ├── RequestError                a bad request the client can fix
+    │   ├── UnsupportedMediaType    415 unsupported_media_type
+    │   ├── BadImage                422 bad_image
+    │   ├── PayloadTooLarge         413 payload_too_large
+    │   ├── ImageTooLarge           413 image_too_large
+    │   └── TooManyTasks            422 validation_error
+    ├── AuthError
+    │   ├── Unauthorized            401 unauthorized
+    │   └── Forbidden               403 forbidden
+    ├── TaskUnavailable             503 task_unavailable (its stored pack cannot be served)
+    └── Overloaded                  503 overloaded, with Retry-After
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from blockstore.errors import (
+    BackboneMismatch,
+    InvalidTaskId,
+    NetTailorError,
+    NotFound,
+    PackError,
+    StoreUnavailable,
+)
+
+__all__ = [
+    "AuthError", "BadImage", "ErrorBody", "Forbidden", "ImageTooLarge", "Overloaded", "PayloadTooLarge",
+    "RequestError", "TaskUnavailable", "TooManyTasks", "Unauthorized", "UnsupportedMediaType",
+    "error_responses", "install_error_handlers", "status_of",
+]
+
+log = logging.getLogger(__name__)
+
+
+class ErrorBody(BaseModel):
+    """Every error answer: a stable machine-readable code and a human-readable detail."""
+
+    error: str
+    detail: str
+
+
+class RequestError(NetTailorError):
+    code = "bad_request"
+
+
+class UnsupportedMediaType(RequestError):
+    code = "unsupported_media_type"
+
+
+class BadImage(RequestError):
+    code = "bad_image"
+
+
+class PayloadTooLarge(RequestError):
+    code = "payload_too_large"
+
+
+class ImageTooLarge(RequestError):
+    code = "image_too_large"
+
+
+class TooManyTasks(RequestError):
+    code = "validation_error"
+
+
+class AuthError(NetTailorError):
+    code = "unauthorized"
+
+
+class Unauthorized(AuthError):
+    code = "unauthorized"
+
+
+class Forbidden(AuthError):
+    code = "forbidden"
+
+
+class TaskUnavailable(NetTailorError):
+    code = "task_unavailable"
+
+
+class Overloaded(NetTailorError):
+    code = "overloaded"
+
+    def __init__(self, detail: str, retry_after: int = 1) -> None:
+        super().__init__(detail)
+        self.retry_after = max(1, int(retry_after))
+
+
+# Most specific first: the first isinstance match decides.
+_STATUS: tuple[tuple[type[NetTailorError], int], ...] = (
+    (BackboneMismatch, 409),
+    (PackError, 422),
+    (InvalidTaskId, 422),
+    (NotFound, 404),
+    (StoreUnavailable, 503),
+    (UnsupportedMediaType, 415),
+    (PayloadTooLarge, 413),
+    (ImageTooLarge, 413),
+    (RequestError, 422),
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (TaskUnavailable, 503),
+    (Overloaded, 503),
+)
+
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "payload_too_large",
+               415: "unsupported_media_type", 422: "validation_error"}
+
+
+def status_of(exc: NetTailorError) -> int:
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` entries documenting the error body for ``statuses``."""
+    return {s: {"model": ErrorBody, "description": "error: {error: code, detail: text}"} for s in statuses}
+
+
+def _json(status: int, code: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(ErrorBody(error=code, detail=detail).model_dump(), status_code=status, headers=headers)
+
+
+async def _domain(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, NetTailorError)
+    status = status_of(exc)
+    headers = None
+    if isinstance(exc, Overloaded):
+        headers = {"Retry-After": str(exc.retry_after)}
+    elif isinstance(exc, Unauthorized):
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif isinstance(exc, (StoreUnavailable, TaskUnavailable)):
+        headers = {"Retry-After": "1"}
+    if status >= 500 and not isinstance(exc, (StoreUnavailable, TaskUnavailable, Overloaded)):
+        log.error("unmapped domain error %s: %s", type(exc).__name__, exc.detail)
+    return _json(status, exc.code, exc.detail, headers)
+
+
+async def _validation(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    parts = []
+    for e in exc.errors():
+        loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
+        parts.append(f"{loc}: {e.get('msg', 'invalid')}")
+    return _json(422, "validation_error", "; ".join(parts) or "invalid request")
+
+
+async def _http(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    return _json(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return _json(500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(NetTailorError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(StarletteHTTPException, _http)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,291 @@
+"""Block-wise execution of mixed-task batches over the shared universal blocks.
+
+Every task keeps the same frozen convolutions; what differs per task is small: batch-norm
+statistics (folded here into a per-channel scale and shift), path weights, proxies and the
+classifier.  So a batch that mixes tasks runs each universal block ONCE over every sample whose
+plan keeps it, with each sample's own affine gathered by task; proxies and heads run per task group,
+and samples skip the blocks their plan dropped.
+
+Rows whose computation is provably identical are computed once: a row's *key* names its input and
+every task-specific tensor that touched it.  For one image sent to many tasks (``run_multi``) the
+stem convolution runs once, and tasks that share frozen BN statistics share whole block prefixes.
+
+The result equals running each sample alone through its task's :class:`TailoredNet` (the reference
+definition) up to float rounding from the BN folding, which the tests bound at 1e-4.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from blockstore import Backbone, Plan, Preprocess, TailoredNet, TaskPack
+
+__all__ = ["Executor", "PreparedTask"]
+
+_uid = itertools.count(1)
+Affine = tuple[Tensor, Tensor]
+
+
+def _fold(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor) -> Affine:
+    scale = bn.weight / torch.sqrt(var + bn.eps)
+    return scale.detach().contiguous(), (bn.bias - mean * scale).detach().contiguous()
+
+
+def _block_bns(block: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    return {n.replace(".", "_"): m for n, m in block.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+def _shared_affines(backbone: Backbone) -> dict[str, Affine]:
+    net = backbone.net
+    out = {"stem/bn1": _fold(net.bn1, net.bn1.running_mean, net.bn1.running_var)}
+    for l, blk in enumerate(backbone.blocks, start=1):
+        for name, bn in _block_bns(blk).items():
+            out[f"{l}/{name}"] = _fold(bn, bn.running_mean, bn.running_var)
+    return out
+
+
+@dataclass(eq=False)
+class PreparedTask:
+    """A task's ready-to-run tensors on the backbone's device (what the pack cache holds)."""
+
+    task_id: str
+    version: int
+    pack_version: str
+    sha256: str
+    labels: list[str]
+    preprocess: Preprocess
+    plan: Plan
+    metrics: dict
+    net: TailoredNet
+    nbytes: int = 0
+    uid: int = field(default_factory=lambda: next(_uid))
+    weights: dict[int, Tensor] = field(default_factory=dict)  # softmax(alpha) per layer
+    affines: dict[str, Affine] | None = None  # folded task BN; None: the backbone's own statistics
+
+    @classmethod
+    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int) -> PreparedTask:
+        net = pack.build(backbone)  # validates everything; raises CorruptPack / BackboneMismatch
+        task = cls(pack.task_id, version, pack.version, pack.sha256, list(pack.labels), pack.preprocess,
+                   pack.plan, dict(pack.metrics), net)
+        with torch.inference_mode():
+            for l, lp in enumerate(pack.plan.layers, start=1):
+                if lp.num_paths:
+                    task.weights[l] = net.path_weights(l).detach()
+            if net.norms is not None:
+                bbnet = backbone.net
+                stem = net.norms["stem"]["bn1"]
+                task.affines = {"stem/bn1": _fold(bbnet.bn1, stem.running_mean, stem.running_var)}
+                for l in pack.plan.blocks_kept:
+                    stats = net.norms[f"b{l}"]
+                    for name, bn in _block_bns(backbone.blocks[l - 1]).items():
+                        s = stats[name]
+                        task.affines[f"{l}/{name}"] = _fold(bn, s.running_mean, s.running_var)
+        tensors = [*net.state_dict().values(), *task.weights.values()]
+        tensors += [t for pair in (task.affines or {}).values() for t in pair]
+        task.nbytes = sum(t.numel() * t.element_size() for t in tensors)
+        return task
+
+
+class _Interner:
+    """Maps hashable row keys to small ints, so keys stay cheap as they nest layer by layer."""
+
+    def __init__(self) -> None:
+        self._ids: dict[Hashable, int] = {}
+
+    def __call__(self, key: Hashable) -> int:
+        return self._ids.setdefault(key, len(self._ids))
+
+
+def _dedup(keys: Sequence[int]) -> tuple[list[int], list[int]] | None:
+    """Representative rows and, per row, the index of its representative; None when all differ."""
+    first: dict[int, int] = {}
+    reps: list[int] = []
+    inverse = []
+    for i, k in enumerate(keys):
+        j = first.get(k)
+        if j is None:
+            j = first[k] = len(reps)
+            reps.append(i)
+        inverse.append(j)
+    return None if len(reps) == len(keys) else (reps, inverse)
+
+
+class _Batch:
+    """Per-batch state: the tasks of each row and their stacked affines."""
+
+    def __init__(self, executor: Executor, tasks: Sequence[PreparedTask]) -> None:
+        self.ex = executor
+        self.tasks = list(tasks)
+        self.intern = _Interner()
+
+    def bn_id(self, row_tasks: Sequence[PreparedTask]) -> list[int]:
+        return [t.uid if t.affines is not None else 0 for t in row_tasks]
+
+    def affine(self, key: str, row_tasks: Sequence[PreparedTask], device: torch.device) -> Affine:
+        """Per-row scale and shift, shaped to broadcast over [rows, C, H, W]."""
+        tables = [(t.affines or self.ex.shared)[key] for t in row_tasks]
+        if all(tb is tables[0] for tb in tables):
+            s, b = tables[0]
+            return s.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
+        scale = torch.stack([tb[0] for tb in tables]).unsqueeze(-1).unsqueeze(-1)
+        shift = torch.stack([tb[1] for tb in tables]).unsqueeze(-1).unsqueeze(-1)
+        return scale, shift
+
+
+class Executor:
+    """Runs prepared tasks over the shared universal blocks.  Thread-safe: it only reads modules."""
+
+    def __init__(self, backbone: Backbone) -> None:
+        self.backbone = backbone
+        self.blocks = backbone.blocks
+        self.num_layers = len(self.blocks)
+        with torch.inference_mode():
+            self.shared = _shared_affines(backbone)
+
+    # -- public --------------------------------------------------------------------------
+
+    def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[Tensor]:
+        """Logits (CPU, float) for each ``(task, x)``; samples of different tasks share each block call."""
+        out: list[Tensor | None] = [None] * len(items)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (_, x) in enumerate(items):
+            groups.setdefault(tuple(x.shape), []).append(i)
+        dev = next(self.backbone.parameters()).device
+        with torch.inference_mode():
+            for rows in groups.values():
+                tasks = [items[i][0] for i in rows]
+                x = torch.stack([items[i][1] for i in rows]).to(dev, non_blocking=True)
+                logits = self._forward(tasks, x, list(range(len(rows))))
+                for j, i in enumerate(rows):
+                    out[i] = logits[j]
+        return out  # type: ignore[return-value]
+
+    def run_multi(self, x: Tensor, tasks: Sequence[PreparedTask]) -> list[Tensor]:
+        """One image ``x`` [3,H,W] through several tasks; identical work is done once."""
+        dev = next(self.backbone.parameters()).device
+        with torch.inference_mode():
+            xs = x.to(dev)[None].expand(len(tasks), *x.shape)
+            return self._forward(list(tasks), xs, [0] * len(tasks))
+
+    # -- core ----------------------------------------------------------------------------
+
+    def _forward(self, tasks: list[PreparedTask], x: Tensor, in_keys: list[int]) -> list[Tensor]:
+        b = _Batch(self, tasks)
+        node, keys = self._stem(b, x, in_keys)
+        nodes: list[Tensor | None] = [node]
+        node_keys: list[list[int]] = [keys]
+        all_rows = list(range(len(tasks)))
+        for l in range(1, self.num_layers + 1):
+            node, keys = self._layer(b, l, nodes, node_keys, all_rows)
+            nodes.append(node)
+            node_keys.append(keys)
+        last = nodes[-1]
+        assert last is not None
+        feats = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
+        out: list[Tensor] = [feats[0]] * len(tasks)
+        for rows, t in _by_task(tasks, all_rows):
+            logits = t.net.head(feats[rows] if len(rows) < len(tasks) else feats)
+            for j, i in enumerate(rows):
+                out[i] = logits[j].float().cpu()
+        return out
+
+    def _stem(self, b: _Batch, x: Tensor, in_keys: list[int]) -> tuple[Tensor, list[int]]:
+        net = self.backbone.net
+        # The convolution depends on the input only: run it once per distinct input.
+        d = _dedup(in_keys)
+        y = net.conv1(x[d[0]] if d else x)
+        if d:
+            y = y[d[1]]
+        keys = [b.intern(("stem", k, bn)) for k, bn in zip(in_keys, b.bn_id(b.tasks))]
+        d = _dedup(keys)
+        rows = d[0] if d else list(range(len(keys)))
+        rt = [b.tasks[i] for i in rows]
+        s, sh = b.affine("stem/bn1", rt, y.device)
+        z = net.maxpool(F.relu(torch.addcmul(sh, y[rows] if d else y, s)))
+        return (z[d[1]] if d else z), keys
+
+    def _layer(self, b: _Batch, l: int, nodes: list[Tensor | None], node_keys: list[list[int]],
+               all_rows: list[int]) -> tuple[Tensor | None, list[int]]:
+        tasks = b.tasks
+        alive = [i for i in all_rows if tasks[i].plan.layers[l - 1].num_paths]
+        if not alive:
+            return None, [-1] * len(tasks)
+        prev = nodes[l - 1]
+        keys = [-1] * len(tasks)
+        # Universal block over every row whose plan keeps it, deduplicated on (input, BN statistics).
+        brows = [i for i in alive if tasks[i].plan.layers[l - 1].block]
+        block_out: Tensor | None = None
+        if brows:
+            assert prev is not None
+            bkeys = [b.intern(("blk", l, node_keys[l - 1][i], bn))
+                     for i, bn in zip(brows, b.bn_id([tasks[i] for i in brows]))]
+            d = _dedup(bkeys)
+            reps = [brows[j] for j in d[0]] if d else brows
+            xin = prev if len(reps) == len(tasks) else prev[reps]
+            y = self._block(b, l, xin, [tasks[i] for i in reps])
+            block_out = y[d[1]] if d else y
+        # Mix paths per task group.  A layer that keeps only its block passes it through exactly
+        # (softmax of one logit is 1 and the block already ends in a ReLU).
+        only_block = all(not tasks[i].plan.layers[l - 1].proxies for i in alive)
+        if only_block and len(brows) == len(tasks):
+            assert block_out is not None
+            return block_out, bkeys
+        bpos = {i: j for j, i in enumerate(brows)}
+        out: Tensor | None = None
+        for rows, t in _by_task(tasks, alive):
+            lp = t.plan.layers[l - 1]
+            w = t.weights[l]
+            terms = []
+            if lp.block:
+                assert block_out is not None
+                terms.append(block_out[[bpos[i] for i in rows]])
+            for p in lp.proxies:
+                src = nodes[p.src]
+                assert src is not None
+                terms.append(t.net.proxy(l, p.src)(src[rows]))
+            acc = terms[0] * w[0]
+            for k in range(1, len(terms)):
+                acc = acc + terms[k] * w[k]
+            if out is None:
+                out = acc.new_zeros((len(tasks), *acc.shape[1:]))
+            out[rows] = F.relu(acc) if len(terms) > 1 or not lp.block else terms[0]
+            for i in rows:
+                bk = bkeys[bpos[i]] if lp.block else -1
+                if lp.block and not lp.proxies:
+                    keys[i] = bk
+                else:
+                    keys[i] = b.intern(("mix", l, t.uid, bk, tuple(node_keys[p.src][i] for p in lp.proxies)))
+        return out, keys
+
+    def _block(self, b: _Batch, l: int, x: Tensor, row_tasks: list[PreparedTask]) -> Tensor:
+        blk = self.blocks[l - 1]
+
+        def bn(y: Tensor, name: str) -> Tensor:
+            s, sh = b.affine(f"{l}/{name}", row_tasks, y.device)
+            return torch.addcmul(sh, y, s)
+
+        if isinstance(blk, BasicBlock):
+            out = F.relu(bn(blk.conv1(x), "bn1"))
+            out = bn(blk.conv2(out), "bn2")
+        elif isinstance(blk, Bottleneck):
+            out = F.relu(bn(blk.conv1(x), "bn1"))
+            out = F.relu(bn(blk.conv2(out), "bn2"))
+            out = bn(blk.conv3(out), "bn3")
+        else:  # pragma: no cover - Backbone only builds these
+            raise TypeError(type(blk).__name__)
+        identity = bn(blk.downsample[0](x), "downsample_1") if blk.downsample is not None else x
+        return F.relu(out + identity)
+
+
+def _by_task(tasks: Sequence[PreparedTask], rows: Sequence[int]) -> list[tuple[list[int], PreparedTask]]:
+    groups: dict[int, tuple[list[int], PreparedTask]] = {}
+    for i in rows:
+        groups.setdefault(tasks[i].uid, ([], tasks[i]))[0].append(i)
+    return list(groups.values())

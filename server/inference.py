@@ -1,0 +1,157 @@
+"""Inference core: images in, top-k labels out, through the pack cache and the batcher.
+
+It raises domain errors only; the app maps them to HTTP once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import anyio.to_thread
+import torch
+from PIL import Image
+from torch import Tensor
+
+from blockstore import InvalidTaskId, NetTailorError, NotFound, Preprocess, validate_task_id
+
+from .batching import Batcher, RunResult
+from .cache import Lease, PackCache
+from .errors import BadImage, TooManyTasks
+from .executor import PreparedTask
+from .images import decode_image
+from .metrics import Metrics
+from .schemas import BatchPrediction, Label, MultiPrediction, Prediction, Timings
+
+__all__ = ["Inference", "parse_task_list"]
+
+_INLINE_DECODE_BYTES = 256 * 1024  # smaller uploads decode on the event loop; larger ones in a thread
+
+
+def parse_task_list(tasks: str, limit: int) -> list[str]:
+    ids = list(dict.fromkeys(t.strip() for t in tasks.split(",") if t.strip()))
+    if not ids:
+        raise TooManyTasks("name at least one task: ?tasks=a,b,c")
+    if len(ids) > limit:
+        raise TooManyTasks(f"{len(ids)} tasks in one request; the limit is {limit}")
+    for t in ids:
+        validate_task_id(t)
+    return ids
+
+
+def _top_k(logits: Tensor, labels: Sequence[str], k: int) -> list[Label]:
+    probs = torch.softmax(logits.float(), dim=0)
+    vals, idx = probs.topk(min(k, probs.numel()))
+    return [Label(index=int(i), label=labels[int(i)], prob=float(v)) for v, i in zip(vals, idx)]
+
+
+def _preprocess(img: Image.Image, pre: Preprocess) -> Tensor:
+    try:
+        return pre.normalize(pre.to_uint8(img)[None])[0]
+    except (OSError, ValueError, TypeError) as e:  # exotic modes that cannot be converted
+        raise BadImage(f"cannot convert the {img.mode} image: {e}") from None
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000.0, 3)
+
+
+class Inference:
+    def __init__(self, cache: PackCache, batcher: Batcher, metrics: Metrics, *, max_pixels: int,
+                 max_tasks: int) -> None:
+        self.cache, self.batcher, self.metrics = cache, batcher, metrics
+        self.max_pixels, self.max_tasks = max_pixels, max_tasks
+
+    async def _decode(self, blobs: Sequence[bytes]) -> list[Image.Image]:
+        if sum(len(b) for b in blobs) <= _INLINE_DECODE_BYTES:
+            return [decode_image(b, self.max_pixels) for b in blobs]
+        return await anyio.to_thread.run_sync(lambda: [decode_image(b, self.max_pixels) for b in blobs])
+
+    def _count(self, task_ids: Sequence[str], endpoint: str, outcome: str, known: bool, seconds: float) -> None:
+        for tid in task_ids:
+            label = tid if known else "-"  # unknown ids must not grow the label set
+            self.metrics.requests.labels(label, endpoint, outcome).inc()
+            if outcome == "ok":
+                self.metrics.latency.labels(label, endpoint).observe(seconds)
+
+    async def _leases(self, task_ids: Sequence[str]) -> list[Lease]:
+        leases: list[Lease] = []
+        try:
+            for tid in task_ids:
+                leases.append(await self.cache.acquire(tid))
+        except BaseException:
+            for lease in leases:
+                lease.release()
+            raise
+        return leases
+
+    async def _observed(self, task_ids: list[str], endpoint: str, t0: float, coro):  # type: ignore[no-untyped-def]
+        try:
+            result = await coro
+        except NetTailorError as e:
+            known = not isinstance(e, (NotFound, InvalidTaskId))
+            self._count(task_ids, endpoint, e.code, known, 0.0)
+            raise
+        self._count(task_ids, endpoint, "ok", True, time.perf_counter() - t0)
+        return result
+
+    # -- the three forms ------------------------------------------------------------------
+
+    async def predict(self, task_id: str, blob: bytes, top_k: int, t0: float) -> Prediction:
+        validate_task_id(task_id)
+        return await self._observed([task_id], "predict", t0, self._predict(task_id, [blob], top_k, t0, False))
+
+    async def predict_batch(self, task_id: str, blobs: list[bytes], top_k: int, t0: float) -> BatchPrediction:
+        validate_task_id(task_id)
+        return await self._observed([task_id], "predict_batch", t0, self._predict(task_id, blobs, top_k, t0, True))
+
+    async def _predict(self, task_id: str, blobs: list[bytes], top_k: int, t0: float, batch: bool):  # type: ignore[no-untyped-def]
+        imgs = await self._decode(blobs)
+        (lease,) = await self._leases([task_id])
+        with lease:
+            task = lease.task
+            xs = [_preprocess(img, task.preprocess) for img in imgs]
+            t_dec = time.perf_counter()
+            out = await self.batcher.run([(task, x) for x in xs])
+            timings = self._timings(t0, t_dec, out)
+            if batch:
+                return BatchPrediction(task_id=task_id, version=task.version, pack_version=task.pack_version,
+                                       results=[_top_k(r.logits, task.labels, top_k) for r in out],
+                                       timings_ms=timings)
+            return Prediction(task_id=task_id, version=task.version, pack_version=task.pack_version,
+                              predictions=_top_k(out[0].logits, task.labels, top_k), timings_ms=timings)
+
+    async def predict_multi(self, tasks: str, blob: bytes, top_k: int, t0: float) -> MultiPrediction:
+        ids = parse_task_list(tasks, self.max_tasks)
+        return await self._observed(ids, "predict_multi", t0, self._predict_multi(ids, blob, top_k, t0))
+
+    async def _predict_multi(self, ids: list[str], blob: bytes, top_k: int, t0: float) -> MultiPrediction:
+        (img,) = await self._decode([blob])
+        leases = await self._leases(ids)
+        try:
+            groups: dict[Preprocess, list[PreparedTask]] = {}
+            for lease in leases:
+                groups.setdefault(lease.task.preprocess, []).append(lease.task)
+            inputs = [(_preprocess(img, pre), tasks) for pre, tasks in groups.items()]
+            t_dec = time.perf_counter()
+            results: dict[str, tuple[PreparedTask, RunResult]] = {}
+            for x, tasks in inputs:  # usually one group: tasks tailored from one backbone share preprocessing
+                for t, r in zip(tasks, await self.batcher.run_multi(x, tasks)):
+                    results[t.task_id] = (t, r)
+            timings = self._timings(t0, t_dec, [r for _, r in results.values()])
+            return MultiPrediction(results={
+                tid: Prediction(task_id=tid, version=t.version, pack_version=t.pack_version,
+                                predictions=_top_k(r.logits, t.labels, top_k),
+                                timings_ms=Timings(decode=timings.decode, queue=_ms(r.queue_s),
+                                                   infer=_ms(r.infer_s), total=timings.total))
+                for tid, (t, r) in ((tid, results[tid]) for tid in ids)
+            }, timings_ms=timings)
+        finally:
+            for lease in leases:
+                lease.release()
+
+    @staticmethod
+    def _timings(t0: float, t_dec: float, out: Sequence[RunResult]) -> Timings:
+        now = time.perf_counter()
+        return Timings(decode=_ms(t_dec - t0), queue=_ms(max(r.queue_s for r in out)),
+                       infer=_ms(max(r.infer_s for r in out)), total=_ms(now - t0))

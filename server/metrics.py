@@ -1,0 +1,54 @@
+"""Prometheus metrics, one registry per app so that several apps (tests, replicas) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["Metrics"]
+
+_LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+_BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = r = registry or CollectorRegistry()
+        self.requests = Counter("nettailor_requests", "Inference requests per task and outcome",
+                                ["task", "endpoint", "outcome"], registry=r)
+        self.latency = Histogram("nettailor_request_latency_seconds", "Server-side latency of successful "
+                                 "inference requests, per task", ["task", "endpoint"], buckets=_LATENCY, registry=r)
+        self.cache_hits = Counter("nettailor_cache_hits", "Pack cache hits", registry=r)
+        self.cache_misses = Counter("nettailor_cache_misses", "Pack cache misses", registry=r)
+        self.cache_evictions = Counter("nettailor_cache_evictions", "Pack cache evictions by reason",
+                                       ["reason"], registry=r)
+        self.cache_bytes = Gauge("nettailor_cache_bytes", "Device bytes held by cached and in-use task tensors",
+                                 registry=r)
+        self.cache_entries = Gauge("nettailor_cache_entries", "Tasks in the pack cache", registry=r)
+        self.pack_load = Histogram("nettailor_pack_load_seconds", "Time to fetch a pack and prepare it on the "
+                                   "device", buckets=_LATENCY, registry=r)
+        self.pack_failures = Counter("nettailor_pack_load_failures", "Pack loads that failed, by code",
+                                     ["code"], registry=r)
+        self.queue_depth = Gauge("nettailor_queue_depth", "Samples waiting for the executor", registry=r)
+        self.overloaded = Counter("nettailor_overloaded", "Requests refused because the queue was full",
+                                  registry=r)
+        self.batch_size = Histogram("nettailor_batch_size", "Samples per executor call", buckets=_BATCH,
+                                    registry=r)
+        self.batch_samples = Counter("nettailor_batch_samples", "Samples run by the executor", registry=r)
+        self.batch_mixed = Counter("nettailor_batch_mixed_samples", "Samples that shared an executor call with "
+                                   "another task's samples", registry=r)
+        self._samples = self._mixed = 0
+        self.batch_mixed_share = Gauge("nettailor_batch_mixed_share", "Share of samples so far that ran in a "
+                                       "batch with other tasks", registry=r)
+
+    def observe_batch(self, size: int, mixed: bool) -> None:
+        self.batch_size.observe(size)
+        self.batch_samples.inc(size)
+        if mixed:
+            self.batch_mixed.inc(size)
+        # Called from the executor's one worker thread only, so plain ints are safe.
+        self._samples += size
+        self._mixed += size if mixed else 0
+        self.batch_mixed_share.set(self._mixed / self._samples)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,7 @@
+"""HTTP routers: thin layers that validate, call the core and return pydantic schemas."""
+
+from .ops import router as ops_router
+from .predict import router as predict_router
+from .tasks import router as tasks_router
+
+__all__ = ["ops_router", "predict_router", "tasks_router"]

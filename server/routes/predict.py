@@ -1,0 +1,103 @@
+"""Inference endpoints: one image, a batch of images, one image through several tasks; and prefetch."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+
+from blockstore import TASK_ID_PATTERN, NetTailorError, validate_task_id
+
+from ..deps import InferenceDep, SettingsDep
+from ..errors import error_responses
+from ..images import read_images
+from ..schemas import BatchPrediction, MultiPrediction, Prediction
+
+__all__ = ["router"]
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["inference"])
+
+_BINARY = {"type": "string", "format": "binary"}
+
+
+def _image_body(field: str, many: bool) -> dict:
+    prop = {"type": "array", "items": _BINARY} if many else _BINARY
+    content = {"multipart/form-data": {"schema": {"type": "object", "properties": {field: prop}, "required": [field]}}}
+    if not many:
+        for t in ("image/jpeg", "image/png", "image/webp", "application/octet-stream"):
+            content[t] = {"schema": _BINARY}
+    return {"requestBody": {"required": True, "content": content}}
+
+
+_ERRORS = error_responses(404, 413, 415, 422, 503)
+TaskId = Annotated[str, Path(description=f"task id, {TASK_ID_PATTERN}")]
+TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
+NextTask = Annotated[str | None, Header(alias="X-NetTailor-Next-Task", description="the task this client will "
+                                        "ask for next: the server may prefetch its pack")]
+_background: set[asyncio.Task] = set()
+
+
+def _hint(inference, next_task: str | None) -> None:  # type: ignore[no-untyped-def]
+    """Warm the hinted task's pack in the background; a bad hint is ignored."""
+    if not next_task:
+        return
+    try:
+        validate_task_id(next_task)
+    except NetTailorError:
+        return
+
+    async def warm() -> None:
+        try:
+            (await inference.cache.acquire(next_task)).release()
+        except Exception as e:
+            log.debug("prefetch hint %s failed: %s", next_task, e)
+
+    t = asyncio.ensure_future(warm())
+    _background.add(t)
+    t.add_done_callback(_background.discard)
+
+
+@router.post("/tasks/{task_id}/predict", response_model=Prediction, responses=_ERRORS,
+             openapi_extra=_image_body("file", many=False), summary="Classify one image with one task")
+async def predict(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
+                  top_k: TopK = 5, next_task: NextTask = None) -> Prediction:
+    t0 = time.perf_counter()
+    _hint(inference, next_task)
+    validate_task_id(task_id)
+    (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
+    return await inference.predict(task_id, blob, top_k, t0)
+
+
+@router.post("/tasks/{task_id}/predict_batch", response_model=BatchPrediction, responses=_ERRORS,
+             openapi_extra=_image_body("files", many=True), summary="Classify several images with one task")
+async def predict_batch(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
+                        top_k: TopK = 5, next_task: NextTask = None) -> BatchPrediction:
+    t0 = time.perf_counter()
+    _hint(inference, next_task)
+    validate_task_id(task_id)
+    blobs = await read_images(request, field="files", max_files=settings.max_batch,
+                              max_file_bytes=settings.max_upload_bytes)
+    return await inference.predict_batch(task_id, blobs, top_k, t0)
+
+
+@router.post("/predict", response_model=MultiPrediction, responses=_ERRORS,
+             openapi_extra=_image_body("file", many=False), summary="Classify one image with several tasks")
+async def predict_multi(request: Request, inference: InferenceDep, settings: SettingsDep,
+                        tasks: Annotated[str, Query(description="comma-separated task ids")],
+                        top_k: TopK = 5, next_task: NextTask = None) -> MultiPrediction:
+    t0 = time.perf_counter()
+    _hint(inference, next_task)
+    (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
+    return await inference.predict_multi(tasks, blob, top_k, t0)
+
+
+@router.post("/tasks/{task_id}/prefetch", status_code=204, response_class=Response,
+             responses=error_responses(404, 422, 503), summary="Load a task's pack into the cache")
+async def prefetch(task_id: TaskId, inference: InferenceDep) -> Response:
+    validate_task_id(task_id)
+    (await inference.cache.acquire(task_id)).release()
+    return Response(status_code=204)

@@ -1,0 +1,60 @@
+"""Task management: list, describe, register (PUT pack bytes), delete, roll back.  Mutations need the token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Request, Response
+
+from blockstore import TASK_ID_PATTERN
+
+from ..deps import SettingsDep, TasksDep, require_operator
+from ..errors import BadImage, error_responses
+from ..images import read_body
+from ..schemas import Registered, RollbackRequest, TaskDetail, TaskList
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
+TaskId = Annotated[str, Path(description=f"task id, {TASK_ID_PATTERN}")]
+_operator = [Depends(require_operator)]
+_PACK_BODY = {"requestBody": {"required": True, "content": {
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
+
+
+@router.get("", response_model=TaskList, responses=error_responses(503), summary="List tasks")
+async def list_tasks(tasks: TasksDep) -> TaskList:
+    return await tasks.list()
+
+
+@router.get("/{task_id}", response_model=TaskDetail, responses=error_responses(404, 422, 503),
+            summary="Describe a task: architecture, cost, accuracy, history")
+async def get_task(task_id: TaskId, tasks: TasksDep) -> TaskDetail:
+    return await tasks.detail(task_id)
+
+
+@router.put("/{task_id}", response_model=Registered, dependencies=_operator, openapi_extra=_PACK_BODY,
+            responses={201: {"model": Registered, "description": "a new task"},
+                       **error_responses(401, 403, 409, 413, 422, 503)},
+            summary="Register a pack (raw bytes) as the task's new version")
+async def put_task(task_id: TaskId, request: Request, response: Response, tasks: TasksDep,
+                   settings: SettingsDep) -> Registered:
+    data = await read_body(request, settings.max_pack_bytes)
+    if not data:
+        raise BadImage("the body is empty: send the pack bytes")
+    reg, created = await tasks.register(task_id, data)
+    response.status_code = 201 if created else 200
+    return reg
+
+
+@router.delete("/{task_id}", status_code=204, response_class=Response, dependencies=_operator,
+               responses=error_responses(401, 403, 404, 422, 503), summary="Delete a task and its history")
+async def delete_task(task_id: TaskId, tasks: TasksDep) -> Response:
+    await tasks.delete(task_id)
+    return Response(status_code=204)
+
+
+@router.post("/{task_id}/rollback", response_model=Registered, dependencies=_operator,
+             responses=error_responses(401, 403, 404, 422, 503), summary="Point the task at an earlier version")
+async def rollback_task(task_id: TaskId, body: RollbackRequest, tasks: TasksDep) -> Registered:
+    return await tasks.rollback(task_id, body.version)

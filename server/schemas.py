@@ -1,0 +1,108 @@
+"""Request and response bodies of the HTTP API (docs/http-api.md); the OpenAPI document is built from these."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+__all__ = [
+    "BatchPrediction", "Health", "Label", "MultiPrediction", "Prediction", "Readiness", "Registered",
+    "RollbackRequest", "TaskDetail", "TaskList", "TaskSummary", "Timings", "VersionInfo",
+]
+
+
+class Label(BaseModel):
+    index: int = Field(description="class index in the task's classifier")
+    label: str
+    prob: float = Field(description="softmax probability")
+
+
+class Timings(BaseModel):
+    """Server-side milliseconds: reading and decoding the upload, waiting for the executor, running it, all."""
+
+    decode: float
+    queue: float
+    infer: float
+    total: float
+
+
+class Prediction(BaseModel):
+    task_id: str
+    version: int = Field(description="the store's version of the task that answered")
+    pack_version: str = Field(description="the pack's own version string")
+    predictions: list[Label] = Field(description="top-k labels, most probable first")
+    timings_ms: Timings
+
+
+class BatchPrediction(BaseModel):
+    task_id: str
+    version: int
+    pack_version: str
+    results: list[list[Label]] = Field(description="top-k labels per image, in upload order")
+    timings_ms: Timings
+
+
+class MultiPrediction(BaseModel):
+    results: dict[str, Prediction] = Field(description="one prediction per requested task")
+    timings_ms: Timings
+
+
+class TaskSummary(BaseModel):
+    task_id: str
+    version: int
+    pack_version: str
+    num_classes: int
+    blocks_kept: int = Field(description="universal blocks the plan keeps")
+    blocks_total: int = Field(description="universal blocks in the backbone")
+    shared_params: int = Field(description="parameters of the kept universal blocks and stem (shared by all tasks)")
+    task_params: int = Field(description="parameters the task owns: proxies, path weights, classifier")
+    flops: int = Field(description="multiply-accumulates of one forward pass of the tailored network")
+    backbone_flops: int = Field(description="the same for the full backbone with this classifier")
+    accuracy: float | None = Field(description="test accuracy recorded in the pack (validation when absent)")
+
+
+class VersionInfo(BaseModel):
+    version: int
+    sha256: str
+    pack_version: str
+    registered_at: float
+
+
+class TaskDetail(TaskSummary):
+    sha256: str
+    backbone_id: str
+    labels: list[str]
+    preprocess: dict[str, Any]
+    plan: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[VersionInfo]
+    updated_at: float
+
+
+class TaskList(BaseModel):
+    tasks: list[TaskSummary]
+
+
+class Registered(BaseModel):
+    task_id: str
+    version: int
+    sha256: str
+    changed: bool = Field(description="false when the call left the task as it was")
+
+
+class RollbackRequest(BaseModel):
+    version: int = Field(ge=1, description="an earlier version of the task (see TaskDetail.history)")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "starting"]
+    backbone_id: str | None = None
+    store: Literal["ok", "unreachable", "unknown"] = "unknown"
+    cached_tasks: int = 0
+    queue_depth: int = 0
+    detail: str | None = None

@@ -1,0 +1,71 @@
+"""Server configuration, read from ``NETTAILOR_*`` environment variables by pydantic-settings.
+
+The core never reads the environment: :func:`server.app.create_app` takes a :class:`Settings`, and
+:func:`get_settings` (cached) is only the default that tests override.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from blockstore.stores import DEFAULT_STORE
+
+__all__ = ["ConfigError", "Settings", "get_settings", "is_loopback"]
+
+
+class ConfigError(RuntimeError):
+    """A configuration the server refuses to start with."""
+
+
+def is_loopback(host: str | None) -> bool:
+    if host is None:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NETTAILOR_", extra="ignore")
+
+    store: str = Field(DEFAULT_STORE, description="redis://host:port/db[?prefix=p:] or a directory path")
+    token: str | None = Field(None, description="operator token for mutating calls (Authorization: Bearer ...)")
+    allow_open: bool = Field(False, description="run the management API without a token (loopback hosts only)")
+    host: str | None = Field(None, description="the address uvicorn binds; set by 'nettailor serve'")
+    device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present")
+    backbone: str | None = Field(None, description="backbone id to serve; default the store's default backbone")
+    cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="pack cache budget in bytes of device tensors")
+    max_queue: int = Field(256, ge=1, description="samples waiting for the executor before 'overloaded'")
+    max_batch: int = Field(32, ge=1, description="most samples per executor call (and per batch request)")
+    batch_window_ms: float = Field(2.0, ge=0, description="how long the first sample of a batch waits for company")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1, description="largest image upload")
+    max_pack_bytes: int = Field(256 * 1024 * 1024, ge=1, description="largest pack upload (PUT)")
+    max_pixels: int = Field(16_000_000, ge=1, description="largest image (width x height), checked before decoding")
+    max_tasks_per_request: int = Field(16, ge=1, description="most tasks in one multi-task request")
+    failure_ttl_s: float = Field(5.0, ge=0, description="how long a corrupt stored pack is remembered")
+
+    def check_security(self) -> None:
+        """Refuse a management API without a token unless explicitly opened on loopback."""
+        if self.token:
+            return
+        if not self.allow_open:
+            raise ConfigError(
+                "no operator token: set NETTAILOR_TOKEN (mutating calls need it), or set NETTAILOR_ALLOW_OPEN=1 "
+                "to run the management API open, which is allowed on a loopback host only"
+            )
+        if self.host is not None and not is_loopback(self.host):
+            raise ConfigError(
+                f"NETTAILOR_ALLOW_OPEN is for loopback hosts only, not {self.host!r}: set NETTAILOR_TOKEN"
+            )
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,160 @@
+"""Task management core: describe, register, delete and roll back tasks in the store.
+
+Store calls block (Redis, files), so they run in worker threads.  A pack is fully validated
+(parsed, checked against the loaded backbone, built) before the store sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import anyio.to_thread
+
+from blockstore import (
+    Backbone,
+    PackTaskMismatch,
+    Store,
+    StoreUnavailable,
+    TaskPack,
+    TaskRecord,
+    bn_buffers_per_block,
+    validate_task_id,
+)
+
+from .cache import PackCache
+from .errors import TaskUnavailable
+from .schemas import Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
+
+__all__ = ["TaskManager"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _PackFacts:
+    """What a summary needs from a pack; keyed by its SHA-256, so it never goes stale."""
+
+    pack_version: str
+    num_classes: int
+    labels: list[str]
+    preprocess: dict[str, Any]
+    plan: dict[str, Any]
+    metrics: dict[str, Any]
+    cost: dict[str, int]
+
+
+def _accuracy(metrics: dict[str, Any]) -> float | None:
+    for key in ("test_acc", "accuracy", "val_acc"):
+        v = metrics.get(key)
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            return float(v)
+    return None
+
+
+class TaskManager:
+    def __init__(self, store: Store, backbone: Backbone, cache: PackCache) -> None:
+        self.store, self.backbone, self.cache = store, backbone, cache
+        self._bn = bn_buffers_per_block(backbone)
+        self._facts: OrderedDict[str, _PackFacts] = OrderedDict()
+        self._lock = threading.Lock()
+
+    # -- reading --------------------------------------------------------------------------
+
+    def _pack_facts(self, rec: TaskRecord) -> _PackFacts:
+        with self._lock:
+            facts = self._facts.get(rec.sha256)
+        if facts is not None:
+            return facts
+        data = self.store.get_pack_bytes(rec.sha256)
+        try:
+            pack = TaskPack.from_bytes(data)
+            cost = pack.plan.cost(self.backbone.spec, len(pack.labels), self._bn).as_dict()
+        except Exception as e:
+            raise TaskUnavailable(f"task {rec.task_id!r}: its stored pack (version {rec.version}) is corrupt: "
+                                  f"{getattr(e, 'detail', e)}") from None
+        facts = _PackFacts(pack.version, len(pack.labels), list(pack.labels), asdict(pack.preprocess),
+                           pack.plan.to_dict(), dict(pack.metrics), cost)
+        with self._lock:
+            self._facts[rec.sha256] = facts
+            while len(self._facts) > 4096:
+                self._facts.popitem(last=False)
+        return facts
+
+    @staticmethod
+    def _summary(rec: TaskRecord, f: _PackFacts) -> dict[str, Any]:
+        c = f.cost
+        return {"task_id": rec.task_id, "version": rec.version, "pack_version": f.pack_version,
+                "num_classes": f.num_classes, "accuracy": _accuracy(f.metrics),
+                **{k: c[k] for k in ("blocks_kept", "blocks_total", "shared_params", "task_params", "flops",
+                                     "backbone_flops")}}
+
+    def _list(self) -> TaskList:
+        out = []
+        for tid in self.store.list_tasks():
+            try:
+                rec = self.store.get_record(tid)
+                out.append(TaskSummary(**self._summary(rec, self._pack_facts(rec))))
+            except StoreUnavailable:
+                raise
+            except Exception as e:  # a corrupt pack, a task deleted meanwhile, a record another tool damaged
+                log.warning("listing skips %s: %s", tid, getattr(e, "detail", e))
+        return TaskList(tasks=out)
+
+    def _detail(self, task_id: str) -> TaskDetail:
+        validate_task_id(task_id)
+        rec = self.store.get_record(task_id)
+        f = self._pack_facts(rec)
+        return TaskDetail(
+            **self._summary(rec, f), sha256=rec.sha256, backbone_id=rec.backbone_id, labels=f.labels,
+            preprocess=f.preprocess, plan=f.plan, metrics=f.metrics, updated_at=rec.updated_at,
+            history=[VersionInfo(version=h.version, sha256=h.sha256, pack_version=h.pack_version,
+                                 registered_at=h.registered_at) for h in rec.history],
+        )
+
+    async def list(self) -> TaskList:
+        return await anyio.to_thread.run_sync(self._list)
+
+    async def detail(self, task_id: str) -> TaskDetail:
+        return await anyio.to_thread.run_sync(self._detail, task_id)
+
+    # -- changing -------------------------------------------------------------------------
+
+    def _register(self, task_id: str, data: bytes) -> tuple[Registered, bool]:
+        validate_task_id(task_id)
+        pack = TaskPack.from_bytes(data, backbone_id=self.backbone.backbone_id)  # 409 for another backbone
+        if pack.task_id != task_id:
+            raise PackTaskMismatch(f"the pack was built for task {pack.task_id!r}, not {task_id!r}")
+        pack.build(self.backbone)  # every tensor checked against the plan and the backbone
+        rec, changed = self.store.register(task_id, data)
+        if changed:
+            self.cache.invalidate(task_id)  # this replica at once; the others on the store event
+        created = changed and len(rec.history) == 1
+        return Registered(task_id=task_id, version=rec.version, sha256=rec.sha256, changed=changed), created
+
+    def _delete(self, task_id: str) -> None:
+        validate_task_id(task_id)
+        self.store.delete(task_id)
+        self.cache.invalidate(task_id)
+
+    def _rollback(self, task_id: str, version: int) -> Registered:
+        validate_task_id(task_id)
+        before = self.store.get_record(task_id)
+        rec = self.store.rollback(task_id, version)
+        changed = (before.version, before.sha256) != (rec.version, rec.sha256)
+        if changed:
+            self.cache.invalidate(task_id)
+        return Registered(task_id=task_id, version=rec.version, sha256=rec.sha256, changed=changed)
+
+    async def register(self, task_id: str, data: bytes) -> tuple[Registered, bool]:
+        """Returns the record and whether the task is new."""
+        return await anyio.to_thread.run_sync(self._register, task_id, data)
+
+    async def delete(self, task_id: str) -> None:
+        await anyio.to_thread.run_sync(self._delete, task_id)
+
+    async def rollback(self, task_id: str, version: int) -> Registered:
+        return await anyio.to_thread.run_sync(self._rollback, task_id, version)

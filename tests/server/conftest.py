@@ -1,0 +1,59 @@
+"""Fixtures for the server: a DirStore holding the tiny backbone, apps over it, and image bytes."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from blockstore import Backbone, DirStore
+from server.app import create_app
+from server.settings import Settings
+
+TOKEN = "s3cret-operator-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (40, 30), mode: str = "RGB", seed: int = 0) -> bytes:
+    img = Image.effect_noise(size, 64 + seed).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def store(dir_store: DirStore, backbone: Backbone) -> DirStore:
+    dir_store.put_backbone(backbone.to_bytes())
+    return dir_store
+
+
+@pytest.fixture
+def make_settings(store: DirStore) -> Callable[..., Settings]:
+    def factory(**kw: object) -> Settings:
+        base: dict[str, object] = {"store": str(store.root), "token": TOKEN, "device": "cpu", "batch_window_ms": 1.0}
+        base.update(kw)
+        return Settings(**base)  # type: ignore[arg-type]
+
+    return factory
+
+
+@pytest.fixture
+def serve(make_settings: Callable[..., Settings]) -> Callable[..., object]:
+    """``with serve(**settings) as client:`` runs an app (lifespan included) in-process."""
+
+    @contextmanager
+    def run(**kw: object) -> Iterator[TestClient]:
+        with TestClient(create_app(make_settings(**kw)), raise_server_exceptions=False) as client:
+            yield client
+
+    return run
+
+
+@pytest.fixture
+def client(serve) -> Iterator[TestClient]:  # type: ignore[no-untyped-def]
+    with serve() as c:
+        yield c

@@ -1,0 +1,160 @@
+"""The pack cache: single flight, reference counts, byte-bounded LRU, invalidation."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import httpx
+import torch
+
+from blockstore import DirStore, TaskPack
+from server.cache import PackCache
+from server.executor import PreparedTask
+from server.metrics import Metrics
+
+from .conftest import image_bytes
+
+
+def _cache(store: DirStore, backbone, capacity: int = 1 << 30, **kw) -> PackCache:  # type: ignore[no-untyped-def]
+    return PackCache(store, backbone, capacity, Metrics(), **kw)
+
+
+def test_fifty_concurrent_first_requests_load_once(client, store, make_pack, monkeypatch) -> None:
+    store.register("t1", make_pack("t1").to_bytes())
+    server_store = client.app.state.store
+    real, calls = server_store.get_pack, []
+
+    def slow_get_pack(task_id: str):  # type: ignore[no-untyped-def]
+        calls.append(task_id)
+        time.sleep(0.3)  # a wide window for the other 49 to miss too
+        return real(task_id)
+
+    monkeypatch.setattr(server_store, "get_pack", slow_get_pack)
+    img = image_bytes()
+
+    async def fire() -> list[int]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as ac:
+            rs = await asyncio.gather(*[ac.post("/v1/tasks/t1/predict", content=img) for _ in range(50)])
+        return [r.status_code for r in rs]
+
+    assert client.portal.call(fire) == [200] * 50
+    assert calls == ["t1"]
+    text = client.get("/metrics").text
+    assert "nettailor_pack_load_seconds_count 1.0" in text and "nettailor_cache_misses_total 50.0" in text
+
+
+def test_single_flight_across_threads(store, backbone, make_pack) -> None:
+    store.register("t1", make_pack("t1").to_bytes())
+    gate = threading.Event()
+    cache = _cache(store, backbone)
+    real = cache._load_fn
+
+    def loader(tid: str) -> PreparedTask:
+        gate.wait(5)
+        return real(tid)
+
+    cache._load_fn = loader
+    leases: list = []
+    threads = [threading.Thread(target=lambda: leases.append(cache.lease("t1"))) for _ in range(20)]
+    for t in threads:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in threads:
+        t.join(10)
+    assert cache.loads == 1 and len({id(lease.task) for lease in leases}) == 1
+    for lease in leases:
+        lease.release()
+
+
+def test_a_lease_keeps_its_tensors_through_update_and_delete(store, backbone, make_pack) -> None:
+    store.register("t1", make_pack("t1", seed=1).to_bytes())
+    cache = _cache(store, backbone)
+    lease = cache.lease("t1")
+    before = {k: v.clone() for k, v in lease.task.net.state_dict().items()}
+    nbytes = lease.task.nbytes
+    store.register("t1", make_pack("t1", seed=2, version="2").to_bytes())
+    cache.invalidate("t1")
+    with cache.lease("t1") as fresh:
+        assert (fresh.task.version, fresh.task.pack_version) == (2, "2")
+        assert cache.nbytes == 2 * nbytes  # the old tensors still count: a request holds them
+    assert lease.task.version == 1
+    assert all(torch.equal(before[k], v) for k, v in lease.task.net.state_dict().items())
+    store.delete("t1")
+    cache.invalidate("t1")
+    assert all(torch.equal(before[k], v) for k, v in lease.task.net.state_dict().items())
+    lease.release()
+    assert cache.nbytes == 0
+
+
+def test_lru_is_bounded_in_bytes(store, backbone, make_pack) -> None:
+    for i in range(3):
+        store.register(f"t{i}", make_pack(f"t{i}", seed=i).to_bytes())
+    probe = _cache(store, backbone)
+    with probe.lease("t0") as lease:
+        one = lease.task.nbytes
+    cache = _cache(store, backbone, capacity=int(2.5 * one))
+    for tid in ("t0", "t1", "t0", "t2"):  # t1 is the least recently used when t2 arrives
+        cache.lease(tid).release()
+    assert sorted(cache.cached_tasks()) == ["t0", "t2"] and cache.nbytes <= 2.5 * one
+    assert cache.metrics.cache_evictions.labels("capacity")._value.get() == 1
+    tiny = _cache(store, backbone, capacity=one // 2)  # a pack over the whole budget is served, not kept
+    with tiny.lease("t0") as lease:
+        assert lease.task.task_id == "t0"
+    assert tiny.cached_tasks() == [] and tiny.nbytes == 0
+
+
+def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -> None:
+    store.register("t1", make_pack("t1", seed=1).to_bytes())
+    cache = _cache(store, backbone)
+    started, go = threading.Event(), threading.Event()
+    real = cache._load_fn
+
+    def loader(tid: str) -> PreparedTask:
+        task = real(tid)  # reads version 1
+        started.set()
+        go.wait(5)
+        return task
+
+    cache._load_fn = loader
+    t = threading.Thread(target=lambda: cache.lease("t1").release())
+    t.start()
+    assert started.wait(5)
+    store.register("t1", make_pack("t1", seed=2, version="2").to_bytes())
+    cache.invalidate("t1")  # the store event arrives while version 1 is being prepared
+    go.set()
+    t.join(5)
+    assert cache.cached_tasks() == []
+    cache._load_fn = real
+    with cache.lease("t1") as lease:
+        assert lease.task.version == 2
+
+
+def test_store_events_drop_stale_entries(client, store, make_pack) -> None:
+    """A change made behind the server's back (another replica, the CLI) reaches it through store events."""
+    store.register("t1", make_pack("t1", seed=1).to_bytes())
+    img = image_bytes()
+    assert client.post("/v1/tasks/t1/predict", content=img).json()["version"] == 1
+    store.register("t1", make_pack("t1", seed=2, version="2").to_bytes())
+    deadline = time.monotonic() + 3
+    while client.post("/v1/tasks/t1/predict", content=img).json()["version"] != 2:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    store.delete("t1")
+    deadline = time.monotonic() + 3
+    while client.post("/v1/tasks/t1/predict", content=img).status_code != 404:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_prepared_task_round_trip_matches_pack(store, backbone, make_pack) -> None:
+    pack = make_pack("t1", seed=4)
+    store.register("t1", pack.to_bytes())
+    with _cache(store, backbone).lease("t1") as lease:
+        x = torch.randn(2, 3, 32, 32)
+        ref = TaskPack.from_bytes(pack.to_bytes()).build(backbone)
+        with torch.inference_mode():
+            assert torch.equal(lease.task.net(x), ref(x))
