@@ -22,7 +22,7 @@ from .backbone import Backbone
 from .errors import BackboneMismatch, CorruptPack, InvalidPlan, UnsupportedFormat
 from .plan import Plan
 from .preprocess import Preprocess
-from .tailored import TailoredNet
+from .tailored import TailoredNet, task_tensor_spec
 from .taskid import validate_task_id
 
 __all__ = ["PACK_FORMAT", "PackInfo", "TaskPack", "read_pack_info"]
@@ -143,34 +143,45 @@ class TaskPack:
                    {k: v.detach().cpu().contiguous() for k, v in net.task_tensors().items()},
                    str(version), dict(metrics or {}))
 
-    def build(self, backbone: Backbone) -> TailoredNet:
-        """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated.
-
-        On CPU the net takes the pack's tensors as its own (no copy, no throw-away random init):
-        build once per pack, or copy the tensors before training one of several builds.
-        """
+    def validate(self, backbone: Backbone) -> None:
+        """Check the pack against ``backbone``: identity, plan, every tensor's name, dtype and shape,
+        and finiteness.  Raises BackboneMismatch or CorruptPack; builds no module."""
         if self.backbone_id != backbone.backbone_id:
             raise BackboneMismatch(
                 f"pack {self.task_id!r} was trained on backbone {self.backbone_id[:12]}..., "
                 f"not on {backbone.backbone_id[:12]}..."
             )
         try:
-            with torch.device("meta"):  # no random init of tensors that are about to be replaced
-                net = TailoredNet(backbone, self.plan, len(self.labels))
+            self.plan.validate(backbone.spec)
         except InvalidPlan as e:
             raise CorruptPack(f"pack plan does not fit the backbone: {e.detail}") from None
-        want = net.state_dict()
+        want = task_tensor_spec(backbone, self.plan, len(self.labels))
         missing = sorted(set(want) - set(self.tensors))
         extra = sorted(set(self.tensors) - set(want))
         if missing or extra:
             raise CorruptPack(f"pack tensors do not match its plan: missing {missing[:5]}, unexpected {extra[:5]}")
-        for k, v in want.items():
+        floats = []
+        for k, (dtype, shape) in want.items():
             t = self.tensors[k]
-            if t.shape != v.shape or t.dtype != v.dtype:
-                got, need = f"{t.dtype}{list(t.shape)}", f"{v.dtype}{list(v.shape)}"
-                raise CorruptPack(f"pack tensor {k} is {got}, the plan needs {need}")
-            if t.is_floating_point() and not torch.isfinite(t).all():
-                raise CorruptPack(f"pack tensor {k} holds NaN or infinite values")
+            if tuple(t.shape) != shape or t.dtype != dtype:
+                raise CorruptPack(f"pack tensor {k} is {t.dtype}{list(t.shape)}, the plan needs {dtype}{list(shape)}")
+            if t.is_floating_point() and t.numel():
+                floats.append(t)
+        # One fused pass: the largest magnitude of each tensor is NaN or inf iff it holds one.
+        peaks = torch.stack(torch._foreach_norm(floats, float("inf"))) if floats else torch.zeros(0)
+        if not torch.isfinite(peaks).all():
+            bad = next(k for k, t in self.tensors.items() if t.is_floating_point() and not torch.isfinite(t).all())
+            raise CorruptPack(f"pack tensor {bad} holds NaN or infinite values")
+
+    def build(self, backbone: Backbone) -> TailoredNet:
+        """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated.
+
+        On CPU the net takes the pack's tensors as its own (no copy, no throw-away random init):
+        build once per pack, or copy the tensors before training one of several builds.
+        """
+        self.validate(backbone)
+        with torch.device("meta"):  # no random init of tensors that are about to be replaced
+            net = TailoredNet(backbone, self.plan, len(self.labels))
         net.load_state_dict(self.tensors, assign=True)
         return net.to(next(backbone.parameters()).device).eval()
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Backbone
-from .frozen import BNStats, bn_names, run_block, run_stem
+from .frozen import BNStats, run_block, run_stem
 from .plan import Plan
 from .proxy import Proxy
 
@@ -149,6 +149,50 @@ def _pkey(layer: int, src: int) -> str:
     return f"{layer}_{src}"
 
 
+TensorSpec = dict[str, tuple[torch.dtype, tuple[int, ...]]]
+
+
+def task_tensor_spec(backbone: Backbone, plan: Plan, num_classes: int) -> TensorSpec:
+    """Name -> (dtype, shape) of every tensor ``TailoredNet(backbone, plan, num_classes).state_dict()`` holds,
+    computed without building any module (a pack is validated against it on every cold load).
+    tests/blockstore/test_tailored.py keeps it equal to the real state dict."""
+    f32, i64 = torch.float32, torch.int64
+    spec: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
+
+    def bn(prefix: str, c: int) -> None:
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            spec[f"{prefix}.{k}"] = (f32, (c,))
+        spec[f"{prefix}.num_batches_tracked"] = (i64, ())
+
+    for l, lp in enumerate(plan.layers, start=1):
+        if lp.num_paths:
+            spec[f"alphas.{l}"] = (f32, (lp.num_paths,))
+        for p in lp.proxies:
+            key = f"proxies.{_pkey(l, p.src)}.body"
+            if plan.bottleneck:
+                mid = max(p.out_channels // 4, 1)
+                spec[f"{key}.0.weight"] = (f32, (mid, p.in_channels, 1, 1))
+                bn(f"{key}.1", mid)
+                spec[f"{key}.3.weight"] = (f32, (p.out_channels, mid, 1, 1))
+                bn(f"{key}.4", p.out_channels)
+            else:
+                spec[f"{key}.0.weight"] = (f32, (p.out_channels, p.in_channels, 1, 1))
+                bn(f"{key}.1", p.out_channels)
+    if plan.task_bn:
+        stem = (f32, (backbone.net.bn1.num_features,))
+        spec["norms.stem.bn1.running_mean"] = spec["norms.stem.bn1.running_var"] = stem
+        blocks = backbone.blocks
+        for l in plan.blocks_kept:
+            for name, m in blocks[l - 1].named_modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    key = f"norms.b{l}.{name.replace('.', '_')}"
+                    spec[f"{key}.running_mean"] = spec[f"{key}.running_var"] = (f32, (m.num_features,))
+    channels = backbone.spec.nodes[-1].channels
+    spec["head.weight"] = (f32, (num_classes, channels))
+    spec["head.bias"] = (f32, (num_classes,))
+    return spec
+
+
 def bn_buffers_per_block(backbone: Backbone) -> list[int]:
     """Per-task BN statistic counts: index 0 the stem, index l block G_l (for Plan.cost)."""
     net = backbone.net
@@ -158,4 +202,4 @@ def bn_buffers_per_block(backbone: Backbone) -> list[int]:
     return counts
 
 
-__all__ += ["bn_buffers_per_block", "bn_names"]
+__all__ += ["bn_buffers_per_block", "task_tensor_spec"]

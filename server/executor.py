@@ -16,82 +16,38 @@ definition) up to float rounding from the BN folding, which the tests bound at 1
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from blockstore import Backbone, Plan, Preprocess, TailoredNet, TaskPack
+from blockstore import Backbone
+
+from .prepared import Affine, FoldedProxy, PreparedTask, block_bns, fold_bn
 
 __all__ = ["Executor", "PreparedTask"]
-
-_uid = itertools.count(1)
-Affine = tuple[Tensor, Tensor]
-
-
-def _fold(bn: nn.BatchNorm2d, mean: Tensor, var: Tensor) -> Affine:
-    scale = bn.weight / torch.sqrt(var + bn.eps)
-    return scale.detach().contiguous(), (bn.bias - mean * scale).detach().contiguous()
-
-
-def _block_bns(block: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    return {n.replace(".", "_"): m for n, m in block.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
 def _shared_affines(backbone: Backbone) -> dict[str, Affine]:
     net = backbone.net
-    out = {"stem/bn1": _fold(net.bn1, net.bn1.running_mean, net.bn1.running_var)}
+    bn1 = net.bn1
+    out = {"stem/bn1": fold_bn(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.eps)}
     for l, blk in enumerate(backbone.blocks, start=1):
-        for name, bn in _block_bns(blk).items():
-            out[f"{l}/{name}"] = _fold(bn, bn.running_mean, bn.running_var)
+        for name, bn in block_bns(blk).items():
+            out[f"{l}/{name}"] = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     return out
 
 
-@dataclass(eq=False)
-class PreparedTask:
-    """A task's ready-to-run tensors on the backbone's device (what the pack cache holds)."""
-
-    task_id: str
-    version: int
-    pack_version: str
-    sha256: str
-    labels: list[str]
-    preprocess: Preprocess
-    plan: Plan
-    metrics: dict
-    net: TailoredNet
-    nbytes: int = 0
-    uid: int = field(default_factory=lambda: next(_uid))
-    weights: dict[int, Tensor] = field(default_factory=dict)  # softmax(alpha) per layer
-    affines: dict[str, Affine] | None = None  # folded task BN; None: the backbone's own statistics
-
-    @classmethod
-    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int) -> PreparedTask:
-        net = pack.build(backbone)  # validates everything; raises CorruptPack / BackboneMismatch
-        task = cls(pack.task_id, version, pack.version, pack.sha256, list(pack.labels), pack.preprocess,
-                   pack.plan, dict(pack.metrics), net)
-        with torch.inference_mode():
-            for l, lp in enumerate(pack.plan.layers, start=1):
-                if lp.num_paths:
-                    task.weights[l] = net.path_weights(l).detach()
-            if net.norms is not None:
-                bbnet = backbone.net
-                stem = net.norms["stem"]["bn1"]
-                task.affines = {"stem/bn1": _fold(bbnet.bn1, stem.running_mean, stem.running_var)}
-                for l in pack.plan.blocks_kept:
-                    stats = net.norms[f"b{l}"]
-                    for name, bn in _block_bns(backbone.blocks[l - 1]).items():
-                        s = stats[name]
-                        task.affines[f"{l}/{name}"] = _fold(bn, s.running_mean, s.running_var)
-        tensors = [*net.state_dict().values(), *task.weights.values()]
-        tensors += [t for pair in (task.affines or {}).values() for t in pair]
-        task.nbytes = sum(t.numel() * t.element_size() for t in tensors)
-        return task
-
+def _run_proxy(fp: FoldedProxy, x: Tensor) -> Tensor:
+    if fp.stride > 1:
+        x = F.max_pool2d(x, fp.stride, fp.stride, ceil_mode=True)
+    for i, (w, b) in enumerate(fp.stages):
+        if i:
+            x = F.relu(x)
+        x = F.conv2d(x, w, b)
+    return x
 
 class _Interner:
     """Maps hashable row keys to small ints, so keys stay cheap as they nest layer by layer."""
@@ -191,7 +147,7 @@ class Executor:
         feats = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
         out: list[Tensor] = [feats[0]] * len(tasks)
         for rows, t in _by_task(tasks, all_rows):
-            logits = t.net.head(feats[rows] if len(rows) < len(tasks) else feats)
+            logits = F.linear(feats[rows] if len(rows) < len(tasks) else feats, *t.head)
             for j, i in enumerate(rows):
                 out[i] = logits[j].float().cpu()
         return out
@@ -249,7 +205,7 @@ class Executor:
             for p in lp.proxies:
                 src = nodes[p.src]
                 assert src is not None
-                terms.append(t.net.proxy(l, p.src)(src[rows]))
+                terms.append(_run_proxy(t.proxies[(l, p.src)], src[rows]))
             acc = terms[0] * w[0]
             for k in range(1, len(terms)):
                 acc = acc + terms[k] * w[k]

@@ -33,6 +33,9 @@ def _plans(spec):
     ]
 
 
+refs: dict = {}
+
+
 @pytest.fixture(scope="module")
 def setup():
     bb = make_backbone()
@@ -41,6 +44,7 @@ def setup():
         net = randomize(TailoredNet(bb, plan, 3 + i), seed=i)
         data = TaskPack.from_net(net, f"task-{i}", [str(j) for j in range(3 + i)], Preprocess()).to_bytes()
         tasks.append(PreparedTask.from_pack(TaskPack.from_bytes(data), bb, version=1))
+        refs[tasks[-1].task_id] = TaskPack.from_bytes(data).build(bb)
     return bb, Executor(bb), tasks
 
 
@@ -52,7 +56,7 @@ def test_mixed_batch_matches_each_task_alone(setup):
     out = ex.run(items)
     with torch.inference_mode():
         for (t, x), o in zip(items, out):
-            ref = t.net(x[None])[0]
+            ref = refs[t.task_id](x[None])[0]
             assert o.shape == ref.shape
             assert torch.allclose(o, ref, atol=1e-4, rtol=0), (t.task_id, (o - ref).abs().max())
 
@@ -63,7 +67,7 @@ def test_single_task_batches_and_mixed_input_sizes(setup):
     out = ex.run(items)
     with torch.inference_mode():
         for (t, x), o in zip(items, out):
-            assert torch.allclose(o, t.net(x[None])[0], atol=1e-4, rtol=0)
+            assert torch.allclose(o, refs[t.task_id](x[None])[0], atol=1e-4, rtol=0)
 
 
 def test_one_image_many_tasks_matches_and_shares_work(setup):
@@ -72,7 +76,7 @@ def test_one_image_many_tasks_matches_and_shares_work(setup):
     out = ex.run_multi(x, tasks)
     with torch.inference_mode():
         for t, o in zip(tasks, out):
-            assert torch.allclose(o, t.net(x[None])[0], atol=1e-4, rtol=0)
+            assert torch.allclose(o, refs[t.task_id](x[None])[0], atol=1e-4, rtol=0)
     # Count the rows each universal block convolves: the stem conv runs once for the image, and
     # the two frozen-BN, blocks-only tasks share every block.
     rows: dict[str, int] = {}
@@ -94,5 +98,6 @@ def test_one_image_many_tasks_matches_and_shares_work(setup):
 def test_prepared_task_reports_its_device_bytes(setup):
     _, _, tasks = setup
     for t in tasks:
-        own = sum(v.numel() * v.element_size() for v in t.net.state_dict().values())
-        assert own < t.nbytes < 3 * own
+        own = sum(v.numel() * v.element_size() for v in refs[t.task_id].state_dict().values())
+        assert t.nbytes == sum(x.numel() * x.element_size() for x in t.tensors())
+        assert 0.5 * own < t.nbytes < 1.5 * own
