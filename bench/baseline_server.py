@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import sys
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import redis
 import torch
@@ -23,6 +25,7 @@ import uvicorn
 from fastapi import FastAPI, HTTPException, Request
 from PIL import Image
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from blockstore import Backbone, Preprocess
 
 PRE = Preprocess(size=32)

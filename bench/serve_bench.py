@@ -178,6 +178,7 @@ def main() -> None:
     ap.add_argument("--m", type=int, default=4, help="baseline: full models kept in memory")
     ap.add_argument("--window-ms", type=float, default=2.0, help="batch collection window (both systems)")
     ap.add_argument("--max-batch", type=int, default=32, help="largest batch (both systems)")
+    ap.add_argument("--systems", default="nettailor,baseline", help="which systems to run (default both)")
     ap.add_argument("--quick", action="store_true", help="smoke run: N in {1,20}, C=32, zipf, 3 s")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_bench.json"), help="JSON output path")
     args = ap.parse_args()
@@ -222,6 +223,8 @@ def main() -> None:
                               "--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)], {}, "/healthz"),
             }
             for system, (cmd, env, ready) in systems.items():
+                if system not in args.systems.split(","):
+                    continue
                 port = free_port()
                 proc = start([*cmd, "--port", str(port)], env)
                 url = f"http://127.0.0.1:{port}"
@@ -287,7 +290,8 @@ def summarise(results: list[dict]) -> dict:
     for n in ns:
         a = _find(results, system="nettailor", tasks=n, dist=dist, concurrency=cmax)
         b = _find(results, system="baseline", tasks=n, dist=dist, concurrency=cmax)
-        if a and b and upper:
+        if a and upper:
+            b = b or {"throughput_rps": float("nan")}
             s[f"N={n} {dist} C={cmax}"] = {
                 "nettailor_rps": a["throughput_rps"], "baseline_rps": b["throughput_rps"],
                 "single_task_rps": upper["throughput_rps"],

@@ -36,13 +36,30 @@ def _shared_affines(backbone: Backbone) -> dict[str, Affine]:
     out = {"stem/bn1": fold_bn(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.eps)}
     for l, blk in enumerate(backbone.blocks, start=1):
         for name, bn in block_bns(blk).items():
+            assert bn.running_mean is not None and bn.running_var is not None
             out[f"{l}/{name}"] = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
     return out
 
 
+def _take(t: Tensor, rows: Sequence[int]) -> Tensor:
+    """``t[rows]``, as a view when the rows are a contiguous run (the common case: run() sorts
+    rows by task, so each task's rows are one run)."""
+    if len(rows) == t.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
+        return t
+    if rows[-1] - rows[0] + 1 == len(rows):
+        return t[rows[0] : rows[-1] + 1]
+    return t[list(rows)]
+
+
+def _put(out: Tensor, rows: Sequence[int], value: Tensor) -> None:
+    if rows[-1] - rows[0] + 1 == len(rows):
+        out[rows[0] : rows[-1] + 1] = value
+    else:
+        out[list(rows)] = value
+
+
 def _run_proxy(fp: FoldedProxy, x: Tensor) -> Tensor:
-    if fp.stride > 1:
-        x = F.max_pool2d(x, fp.stride, fp.stride, ceil_mode=True)
+    """The proxy's convolutions on an input already max-pooled by ``fp.stride``."""
     for i, (w, b) in enumerate(fp.stages):
         if i:
             x = F.relu(x)
@@ -80,6 +97,27 @@ class _Batch:
         self.ex = executor
         self.tasks = list(tasks)
         self.intern = _Interner()
+        self._pooled: dict[tuple[int, int], Tensor] = {}
+
+    def pooled(self, nodes: list[Tensor | None], src: int, stride: int) -> Tensor:
+        """Node ``src`` max-pooled by ``stride`` for every row, once per batch: proxies of all tasks
+        (and of several layers) reading the same node at the same stride share it."""
+        key = (src, stride)
+        out = self._pooled.get(key)
+        if out is None:
+            if stride == 1:
+                out = nodes[src]
+                assert out is not None
+            else:
+                # Max-pools by powers of two compose exactly (ceil_mode included), and the coarser
+                # pool then reads a 4x smaller map.
+                half = stride // 2 if stride % 2 == 0 else 1
+                x = self.pooled(nodes, src, half)
+                k = stride // half
+                ceil = x.shape[-1] % k != 0 or x.shape[-2] % k != 0
+                out = F.max_pool2d(x, k, k, ceil_mode=ceil)
+            self._pooled[key] = out
+        return out
 
     def bn_id(self, row_tasks: Sequence[PreparedTask]) -> list[int]:
         return [t.uid if t.affines is not None else 0 for t in row_tasks]
@@ -116,6 +154,7 @@ class Executor:
         dev = next(self.backbone.parameters()).device
         with torch.inference_mode():
             for rows in groups.values():
+                rows.sort(key=lambda i: items[i][0].uid)  # each task's rows become one contiguous run
                 tasks = [items[i][0] for i in rows]
                 x = torch.stack([items[i][1] for i in rows]).to(dev, non_blocking=True)
                 logits = self._forward(tasks, x, list(range(len(rows))))
@@ -134,8 +173,8 @@ class Executor:
 
     def _forward(self, tasks: list[PreparedTask], x: Tensor, in_keys: list[int]) -> list[Tensor]:
         b = _Batch(self, tasks)
-        node, keys = self._stem(b, x, in_keys)
-        nodes: list[Tensor | None] = [node]
+        stem, keys = self._stem(b, x, in_keys)
+        nodes: list[Tensor | None] = [stem]
         node_keys: list[list[int]] = [keys]
         all_rows = list(range(len(tasks)))
         for l in range(1, self.num_layers + 1):
@@ -147,7 +186,7 @@ class Executor:
         feats = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
         out: list[Tensor] = [feats[0]] * len(tasks)
         for rows, t in _by_task(tasks, all_rows):
-            logits = F.linear(feats[rows] if len(rows) < len(tasks) else feats, *t.head)
+            logits = F.linear(_take(feats, rows), *t.head)
             for j, i in enumerate(rows):
                 out[i] = logits[j].float().cpu()
         return out
@@ -184,7 +223,7 @@ class Executor:
                      for i, bn in zip(brows, b.bn_id([tasks[i] for i in brows]))]
             d = _dedup(bkeys)
             reps = [brows[j] for j in d[0]] if d else brows
-            xin = prev if len(reps) == len(tasks) else prev[reps]
+            xin = _take(prev, reps)
             y = self._block(b, l, xin, [tasks[i] for i in reps])
             block_out = y[d[1]] if d else y
         # Mix paths per task group.  A layer that keeps only its block passes it through exactly
@@ -201,17 +240,15 @@ class Executor:
             terms = []
             if lp.block:
                 assert block_out is not None
-                terms.append(block_out[[bpos[i] for i in rows]])
+                terms.append(_take(block_out, [bpos[i] for i in rows]))
             for p in lp.proxies:
-                src = nodes[p.src]
-                assert src is not None
-                terms.append(_run_proxy(t.proxies[(l, p.src)], src[rows]))
+                terms.append(_run_proxy(t.proxies[(l, p.src)], _take(b.pooled(nodes, p.src, p.stride), rows)))
             acc = terms[0] * w[0]
             for k in range(1, len(terms)):
                 acc = acc + terms[k] * w[k]
             if out is None:
-                out = acc.new_zeros((len(tasks), *acc.shape[1:]))
-            out[rows] = F.relu(acc) if len(terms) > 1 or not lp.block else terms[0]
+                out = (acc.new_empty if len(alive) == len(tasks) else acc.new_zeros)((len(tasks), *acc.shape[1:]))
+            _put(out, rows, F.relu(acc) if len(terms) > 1 or not lp.block else terms[0])
             for i in rows:
                 bk = bkeys[bpos[i]] if lp.block else -1
                 if lp.block and not lp.proxies:

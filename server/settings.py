@@ -12,13 +12,16 @@ from functools import lru_cache
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from blockstore.errors import NetTailorError
 from blockstore.stores import DEFAULT_STORE
 
 __all__ = ["ConfigError", "Settings", "get_settings", "is_loopback"]
 
 
-class ConfigError(RuntimeError):
+class ConfigError(NetTailorError):
     """A configuration the server refuses to start with."""
+
+    code = "config_error"
 
 
 def is_loopback(host: str | None) -> bool:

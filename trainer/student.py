@@ -9,7 +9,7 @@ weight decay and may get their own learning-rate scale.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +82,7 @@ def param_groups(net: TailoredNet, lr: float, alpha_lr_scale: float = 1.0) -> li
 
 
 @contextmanager
-def _still_stats(modules: list[nn.Module]) -> Iterator[None]:
+def _still_stats(modules: Sequence[nn.Module]) -> Iterator[None]:
     """Run BN layers in training mode without touching their running statistics (momentum 0)."""
     bns = [m for mod in modules for m in mod.modules() if isinstance(m, nn.BatchNorm2d)]
     saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in bns]

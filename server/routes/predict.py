@@ -26,7 +26,8 @@ _BINARY = {"type": "string", "format": "binary"}
 
 def _image_body(field: str, many: bool) -> dict:
     prop = {"type": "array", "items": _BINARY} if many else _BINARY
-    content = {"multipart/form-data": {"schema": {"type": "object", "properties": {field: prop}, "required": [field]}}}
+    content: dict[str, dict] = {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {field: prop}, "required": [field]}}}
     if not many:
         for t in ("image/jpeg", "image/png", "image/webp", "application/octet-stream"):
             content[t] = {"schema": _BINARY}
