@@ -42,32 +42,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from blockstore import Backbone, BackboneConfig, LayerPlan, Plan, Preprocess, RedisStore, TailoredNet, TaskPack  # noqa: E402
+from blockstore import Backbone, BackboneConfig, Preprocess, RedisStore, TailoredNet, TaskPack  # noqa: E402
+from blockstore.testing import random_plan, randomize  # noqa: E402
 
 CONFIG = BackboneConfig(arch="resnet18", stem="3x3s2", input_size=32, num_classes=10)
-
-
-def random_plan(spec, rng: random.Random) -> Plan:
-    full = Plan.full(spec, 3, bottleneck=False)
-    layers = []
-    for lp in full.layers:
-        block = rng.random() < 0.6
-        proxies = tuple(p for p in lp.proxies if rng.random() < 0.3)
-        if not block and not proxies:
-            block = True
-        layers.append(LayerPlan(block, proxies))
-    return Plan(full.arch, False, True, tuple(layers))
-
-
-def randomize(net: TailoredNet, seed: int) -> TailoredNet:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if "running_var" in name:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(torch.randn(t.shape, generator=g) * 0.05)
-    return net.eval()
 
 
 def free_port() -> int:
@@ -199,7 +177,7 @@ def main() -> None:
     print(f"[bench] building {len(task_ids)} task packs and full per-task models", flush=True)
     packs = []
     for i, tid in enumerate(task_ids):
-        net = randomize(TailoredNet(bb, random_plan(spec, rng), 10), seed=i)
+        net = randomize(TailoredNet(bb, random_plan(spec, rng), 10), seed=i, scale=0.05)
         packs.append(TaskPack.from_net(net, tid, [str(k) for k in range(10)], Preprocess(size=32)).to_bytes())
     pack_mb = float(np.mean([len(p) for p in packs])) / 2**20
     full_model = bb.to_bytes()  # each task's full model has this size; contents do not change timing

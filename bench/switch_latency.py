@@ -40,20 +40,10 @@ from blockstore import (
     TaskPack,
     resolve_device,
 )
+from blockstore.testing import randomize
 from server.cache import PackCache
 from server.executor import Executor
 from server.metrics import Metrics
-
-
-def _randomize(net: TailoredNet, seed: int) -> TailoredNet:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if "running_var" in name:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(torch.randn(t.shape, generator=g) * (0.5 if "alphas" in name else 0.1))
-    return net.eval()
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -98,7 +88,7 @@ def main() -> None:
         tids = [f"task{i}" for i in range(args.tasks)]
         pack_bytes = 0
         for i, tid in enumerate(tids):
-            net = _randomize(TailoredNet(backbone, plan, 10), seed=i).cpu()
+            net = randomize(TailoredNet(backbone, plan, 10), seed=i).cpu()
             data = TaskPack.from_net(net, tid, [str(c) for c in range(10)], Preprocess(size=args.size)).to_bytes()
             store.register(tid, data)
             pack_bytes = len(data)

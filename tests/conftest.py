@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from blockstore import Backbone, BackboneConfig, DirStore, Plan, Preprocess, RedisStore, TailoredNet, TaskPack
+from blockstore.testing import randomize
+
+__all__ = ["TINY", "make_backbone", "randomize"]
 
 torch.set_num_threads(2)
 
@@ -30,16 +33,6 @@ def other_backbone() -> Backbone:
     return make_backbone(seed=1)
 
 
-def randomize(net: TailoredNet, seed: int) -> TailoredNet:
-    """Give every task tensor (alphas, BN statistics included) distinct values, as training would."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, t in net.state_dict().items():
-            if "running_var" in name:
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
-            elif t.is_floating_point():
-                t.copy_(torch.randn(t.shape, generator=g) * (0.5 if "alphas" in name else 0.1))
-    return net.eval()
 
 
 PackFactory = Callable[..., TaskPack]

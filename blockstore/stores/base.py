@@ -8,6 +8,8 @@ that the store assigns (1, 2, ...); the pack's own ``version`` string is kept as
 from __future__ import annotations
 
 import hashlib
+import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -18,6 +20,8 @@ from ..pack import PackInfo, read_pack_info
 from ..taskid import validate_task_id
 
 __all__ = ["Store", "StoreEvent", "Subscription", "TaskRecord", "VersionRecord"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -65,8 +69,26 @@ class StoreEvent:
 
 
 class Subscription(ABC):
+    """A daemon thread that delivers a store's change events to a callback until :meth:`close`.
+    A failing callback is logged and never stops the stream."""
+
+    def __init__(self, callback: Callable[[StoreEvent], None], name: str) -> None:
+        self._cb = callback
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
     @abstractmethod
-    def close(self) -> None: ...
+    def _run(self) -> None: ...
+
+    def _deliver(self, ev: StoreEvent) -> None:
+        try:
+            self._cb(ev)
+        except Exception:
+            log.exception("store event callback failed for %s", ev)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 def next_record(task_id: str, old: TaskRecord | None, info: PackInfo) -> TaskRecord | None:

@@ -192,11 +192,10 @@ class _TailSubscription(Subscription):
     """Tails ``events.log`` from its current end, every ``poll_interval`` seconds."""
 
     def __init__(self, store: DirStore, callback: Callable[[StoreEvent], None]) -> None:
-        self._store, self._cb = store, callback
-        self._stop = threading.Event()
+        super().__init__(callback, "dirstore-events")
+        self._store = store
         path = store._events_path
         self._offset = path.stat().st_size if path.exists() else 0
-        self._thread = threading.Thread(target=self._run, name="dirstore-events", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
@@ -218,11 +217,4 @@ class _TailSubscription(Subscription):
                 except (ValueError, TypeError):
                     log.warning("ignoring malformed store event %r", line[:200])
                     continue
-                try:
-                    self._cb(ev)
-                except Exception:
-                    log.exception("store event callback failed for %s", ev)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+                self._deliver(ev)

@@ -211,10 +211,9 @@ class _PubSubSubscription(Subscription):
     event, since events published meanwhile are gone and caches must not trust what they hold."""
 
     def __init__(self, store: RedisStore, callback: Callable[[StoreEvent], None]) -> None:
-        self._store, self._cb = store, callback
-        self._stop = threading.Event()
+        super().__init__(callback, "redis-events")
+        self._store = store
         self._ready = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="redis-events", daemon=True)
         self._thread.start()
         self._ready.wait(timeout=5)
 
@@ -243,12 +242,3 @@ class _PubSubSubscription(Subscription):
                 self._ready.set()
                 self._stop.wait(1.0)
 
-    def _deliver(self, ev: StoreEvent) -> None:
-        try:
-            self._cb(ev)
-        except Exception:
-            log.exception("store event callback failed for %s", ev)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
