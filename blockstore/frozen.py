@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-__all__ = ["BNStats", "bn_names", "run_block", "run_stem"]
+__all__ = ["BNStats", "block_bns", "run_block", "run_stem"]
 
 
 class BNStats(nn.Module):
@@ -32,9 +32,10 @@ class BNStats(nn.Module):
 Stats = Mapping[str, BNStats] | None
 
 
-def bn_names(module: nn.Module) -> list[str]:
-    """Names of the batch norms of a block or stem, as ModuleDict-safe keys (dots become '_')."""
-    return [n.replace(".", "_") for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)]
+def block_bns(module: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    """The batch norms of a block, keyed as the task's statistics are (dots become '_':
+    ``downsample.1`` -> ``downsample_1``, a ModuleDict-safe key)."""
+    return {n.replace(".", "_"): m for n, m in module.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
 def _bn(x: Tensor, bn: nn.BatchNorm2d, stats: Stats, key: str, training: bool) -> Tensor:

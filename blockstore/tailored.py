@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .backbone import Backbone
-from .frozen import BNStats, run_block, run_stem
+from .frozen import BNStats, block_bns, run_block, run_stem
 from .plan import Plan
 from .proxy import Proxy
 
@@ -47,9 +47,7 @@ class TailoredNet(nn.Module):
             self.norms = nn.ModuleDict({"stem": nn.ModuleDict({"bn1": BNStats(net.bn1)})})
             blocks = backbone.blocks
             for l in plan.blocks_kept:
-                blk = blocks[l - 1]
-                named = {n.replace(".", "_"): m for n, m in blk.named_modules() if isinstance(m, nn.BatchNorm2d)}
-                self.norms[f"b{l}"] = nn.ModuleDict({k: BNStats(m) for k, m in named.items()})
+                self.norms[f"b{l}"] = nn.ModuleDict({k: BNStats(m) for k, m in block_bns(blocks[l - 1]).items()})
         self.head = nn.Linear(spec.nodes[-1].channels, num_classes)
         # Follow the backbone's device so a fresh net is ready to run (unless built on "meta" to be
         # filled by load_state_dict(assign=True)).
@@ -183,10 +181,9 @@ def task_tensor_spec(backbone: Backbone, plan: Plan, num_classes: int) -> Tensor
         spec["norms.stem.bn1.running_mean"] = spec["norms.stem.bn1.running_var"] = stem
         blocks = backbone.blocks
         for l in plan.blocks_kept:
-            for name, m in blocks[l - 1].named_modules():
-                if isinstance(m, nn.BatchNorm2d):
-                    key = f"norms.b{l}.{name.replace('.', '_')}"
-                    spec[f"{key}.running_mean"] = spec[f"{key}.running_var"] = (f32, (m.num_features,))
+            for name, m in block_bns(blocks[l - 1]).items():
+                key = f"norms.b{l}.{name}"
+                spec[f"{key}.running_mean"] = spec[f"{key}.running_var"] = (f32, (m.num_features,))
     channels = backbone.spec.nodes[-1].channels
     spec["head.weight"] = (f32, (num_classes, channels))
     spec["head.bias"] = (f32, (num_classes,))

@@ -24,8 +24,9 @@ from torch import Tensor
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from blockstore import Backbone
+from blockstore.frozen import block_bns
 
-from .prepared import Affine, FoldedProxy, PreparedTask, block_bns, fold_bn
+from .prepared import Affine, FoldedProxy, PreparedTask, fold_bn
 
 __all__ = ["Executor", "PreparedTask"]
 
@@ -122,7 +123,7 @@ class _Batch:
     def bn_id(self, row_tasks: Sequence[PreparedTask]) -> list[int]:
         return [t.uid if t.affines is not None else 0 for t in row_tasks]
 
-    def affine(self, key: str, row_tasks: Sequence[PreparedTask], device: torch.device) -> Affine:
+    def affine(self, key: str, row_tasks: Sequence[PreparedTask]) -> Affine:
         """Per-row scale and shift, shaped to broadcast over [rows, C, H, W]."""
         tables = [(t.affines or self.ex.shared)[key] for t in row_tasks]
         if all(tb is tables[0] for tb in tables):
@@ -202,7 +203,7 @@ class Executor:
         d = _dedup(keys)
         rows = d[0] if d else list(range(len(keys)))
         rt = [b.tasks[i] for i in rows]
-        s, sh = b.affine("stem/bn1", rt, y.device)
+        s, sh = b.affine("stem/bn1", rt)
         z = net.maxpool(F.relu(torch.addcmul(sh, y[rows] if d else y, s)))
         return (z[d[1]] if d else z), keys
 
@@ -261,7 +262,7 @@ class Executor:
         blk = self.blocks[l - 1]
 
         def bn(y: Tensor, name: str) -> Tensor:
-            s, sh = b.affine(f"{l}/{name}", row_tasks, y.device)
+            s, sh = b.affine(f"{l}/{name}", row_tasks)
             return torch.addcmul(sh, y, s)
 
         if isinstance(blk, BasicBlock):

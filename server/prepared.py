@@ -16,8 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from blockstore import Backbone, Plan, Preprocess, TailoredNet, TaskPack
+from blockstore.frozen import block_bns
 
-__all__ = ["Affine", "FoldedProxy", "PreparedTask", "block_bns", "fold_bn"]
+__all__ = ["Affine", "FoldedProxy", "PreparedTask", "fold_bn", "reference_net"]
 
 _uid = itertools.count(1)
 Affine = tuple[Tensor, Tensor]
@@ -28,10 +29,6 @@ def fold_bn(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float)
     """BN at inference as ``x * scale + shift``."""
     scale = weight / torch.sqrt(var + eps)
     return scale.contiguous(), (bias - mean * scale).contiguous()
-
-
-def block_bns(block: nn.Module) -> dict[str, nn.BatchNorm2d]:
-    return {n.replace(".", "_"): m for n, m in block.named_modules() if isinstance(m, nn.BatchNorm2d)}
 
 
 @dataclass(frozen=True)
