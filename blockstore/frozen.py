@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -50,7 +49,11 @@ def run_stem(conv: nn.Conv2d, bn: nn.BatchNorm2d, pool: nn.Module, x: Tensor, st
 
 
 def run_block(block: nn.Module, x: Tensor, stats: Stats, training: bool) -> Tensor:
-    """G_l(x) with the task's BN statistics; ``training`` updates those statistics in place."""
+    """G_l's residual sum ``F(x) + shortcut(x)`` with the task's BN statistics, *before* the block's ReLU.
+
+    The node applies the one ReLU after mixing its paths (``ReLU(alpha_G * (F + shortcut) + ...)``), so
+    with the block as its only path the node equals the torchvision block's output.  ``training``
+    updates the task's statistics in place."""
     if isinstance(block, BasicBlock):
         out = F.relu(_bn(block.conv1(x), block.bn1, stats, "bn1", training))
         out = _bn(block.conv2(out), block.bn2, stats, "bn2", training)
@@ -64,4 +67,4 @@ def run_block(block: nn.Module, x: Tensor, stats: Stats, training: bool) -> Tens
         identity = _bn(block.downsample[0](x), block.downsample[1], stats, "downsample_1", training)
     else:
         identity = x
-    return torch.relu(out + identity)
+    return out + identity

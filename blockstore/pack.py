@@ -1,6 +1,6 @@
 """TaskPack: one safetensors blob holding a task's tensors and its metadata.  Never a pickle.
 
-Metadata keys: ``format`` (``nettailor-pack/1``), ``task_id``, ``version``, ``backbone_id``, ``plan``,
+Metadata keys: ``format`` (``nettailor-pack/2``), ``task_id``, ``version``, ``backbone_id``, ``plan``,
 ``labels``, ``preprocess``, ``metrics`` and ``created_at``; the JSON ones are JSON strings.  Tensor
 names are those of :meth:`TailoredNet.state_dict`.  The SHA-256 of the bytes is the pack's identity.
 """
@@ -27,7 +27,12 @@ from .taskid import validate_task_id
 
 __all__ = ["PACK_FORMAT", "PackInfo", "TaskPack", "read_pack_info"]
 
-PACK_FORMAT = "nettailor-pack/1"
+PACK_FORMAT = "nettailor-pack/2"
+# Formats this build recognises but refuses, with the reason a user needs to act on.
+_RETIRED = {
+    "nettailor-pack/1": "format 1 had 4x wider bottleneck proxies and a second ReLU on the block path; "
+                        "re-tailor the task (or re-run 'nettailor finetune') with this version",
+}
 _KEYS = ("format", "task_id", "version", "backbone_id", "plan", "labels", "preprocess", "metrics", "created_at")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -47,6 +52,9 @@ def _check_header(meta: dict[str, str]) -> None:
     fmt = meta.get("format")
     if fmt is None:
         raise CorruptPack("pack metadata has no 'format' key: not a TaskPack")
+    if fmt in _RETIRED:
+        raise UnsupportedFormat(f"pack format {fmt!r} is no longer served (this build reads {PACK_FORMAT!r}): "
+                                f"{_RETIRED[fmt]}")
     if fmt != PACK_FORMAT:
         raise UnsupportedFormat(f"pack format {fmt!r} is not supported (this build reads {PACK_FORMAT!r})")
     missing = [k for k in _KEYS if k not in meta]

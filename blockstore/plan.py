@@ -2,7 +2,8 @@
 
 Nodes are numbered 0..L: node 0 is the stem output and node l the output of layer l.  Layer l
 mixes its paths, ``x_l = ReLU(sum_i alpha_i * path_i)``, where the paths are the universal block
-G_l (reading node l-1) when kept, then the kept proxies A_p^l (reading node p < l).
+G_l (reading node l-1; its residual sum ``F + shortcut`` enters before the one ReLU) when kept, then
+the kept proxies A_p^l (reading node p < l).
 
 A valid plan has no dangling paths: every kept path reads a live node (one with at least one
 input, node 0 always), and node L is live.  Pruning (trainer) produces plans of that form.

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .backbone import Backbone
 from .frozen import BNStats, block_bns, run_block, run_stem
 from .plan import Plan
-from .proxy import Proxy
+from .proxy import Proxy, proxy_tensor_spec
 
 __all__ = ["ALPHA_BLOCK_INIT", "ALPHA_PROXY_INIT", "TailoredNet"]
 
@@ -67,7 +67,7 @@ class TailoredNet(nn.Module):
         return run_stem(net.conv1, net.bn1, net.maxpool, x, stats, self.bn_training)  # type: ignore[arg-type]
 
     def block(self, layer: int, x: Tensor) -> Tensor:
-        """The universal block G_layer applied with this task's BN statistics."""
+        """The universal block G_layer's residual sum (before its ReLU) with this task's BN statistics."""
         stats = self.norms[f"b{layer}"] if self.norms is not None else None
         return run_block(self.backbone.blocks[layer - 1], x, stats, self.bn_training)  # type: ignore[arg-type]
 
@@ -93,6 +93,7 @@ class TailoredNet(nn.Module):
         return out
 
     def mix(self, layer: int, branches: list[Tensor]) -> Tensor:
+        """``ReLU(sum_i alpha_i * path_i)``: the node's one ReLU (the block path enters un-rectified)."""
         w = self.path_weights(layer)
         acc = branches[0] * w[0]
         for i in range(1, len(branches)):
@@ -126,8 +127,10 @@ class TailoredNet(nn.Module):
     def with_plan(self, plan: Plan) -> TailoredNet:
         """A copy restricted to ``plan``, whose paths must be a subset of this net's.
 
-        Kept paths keep their logits, so each layer's softmax renormalises over what survives:
-        the pruned net computes what this one computes with the dropped paths' alphas at zero.
+        Kept paths keep their logits ``a``, and each layer's softmax is taken over the surviving paths
+        only, so their weights are renormalised to sum to one: ``alpha_i' = alpha_i / sum_kept alpha``.
+        The pruned net is therefore not this net with the dropped paths' weights set to zero (that sum
+        would be smaller); fine-tuning adapts it to the renormalised mix.
         """
         new = TailoredNet(self.backbone, plan, self.num_classes).to(self.head.weight.device)
         src = self.state_dict()
@@ -154,28 +157,15 @@ def task_tensor_spec(backbone: Backbone, plan: Plan, num_classes: int) -> Tensor
     """Name -> (dtype, shape) of every tensor ``TailoredNet(backbone, plan, num_classes).state_dict()`` holds,
     computed without building any module (a pack is validated against it on every cold load).
     tests/blockstore/test_tailored.py keeps it equal to the real state dict."""
-    f32, i64 = torch.float32, torch.int64
+    f32 = torch.float32
     spec: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {}
-
-    def bn(prefix: str, c: int) -> None:
-        for k in ("weight", "bias", "running_mean", "running_var"):
-            spec[f"{prefix}.{k}"] = (f32, (c,))
-        spec[f"{prefix}.num_batches_tracked"] = (i64, ())
-
     for l, lp in enumerate(plan.layers, start=1):
         if lp.num_paths:
             spec[f"alphas.{l}"] = (f32, (lp.num_paths,))
         for p in lp.proxies:
-            key = f"proxies.{_pkey(l, p.src)}.body"
-            if plan.bottleneck:
-                mid = max(p.out_channels // 4, 1)
-                spec[f"{key}.0.weight"] = (f32, (mid, p.in_channels, 1, 1))
-                bn(f"{key}.1", mid)
-                spec[f"{key}.3.weight"] = (f32, (p.out_channels, mid, 1, 1))
-                bn(f"{key}.4", p.out_channels)
-            else:
-                spec[f"{key}.0.weight"] = (f32, (p.out_channels, p.in_channels, 1, 1))
-                bn(f"{key}.1", p.out_channels)
+            key = f"proxies.{_pkey(l, p.src)}"
+            for name, entry in proxy_tensor_spec(p.in_channels, p.out_channels, plan.bottleneck).items():
+                spec[f"{key}.{name}"] = entry
     if plan.task_bn:
         stem = (f32, (backbone.net.bn1.num_features,))
         spec["norms.stem.bn1.running_mean"] = spec["norms.stem.bn1.running_var"] = stem

@@ -227,12 +227,12 @@ class Executor:
             xin = _take(prev, reps)
             y = self._block(b, l, xin, [tasks[i] for i in reps])
             block_out = y[d[1]] if d else y
-        # Mix paths per task group.  A layer that keeps only its block passes it through exactly
-        # (softmax of one logit is 1 and the block already ends in a ReLU).
+        # Mix paths per task group, then the node's one ReLU.  A layer that keeps only its block is
+        # ReLU(block) exactly (the softmax of one logit is 1).
         only_block = all(not tasks[i].plan.layers[l - 1].proxies for i in alive)
         if only_block and len(brows) == len(tasks):
             assert block_out is not None
-            return block_out, bkeys
+            return F.relu(block_out), bkeys
         bpos = {i: j for j, i in enumerate(brows)}
         out: Tensor | None = None
         for rows, t in _by_task(tasks, alive):
@@ -249,7 +249,7 @@ class Executor:
                 acc = acc + terms[k] * w[k]
             if out is None:
                 out = (acc.new_empty if len(alive) == len(tasks) else acc.new_zeros)((len(tasks), *acc.shape[1:]))
-            _put(out, rows, F.relu(acc) if len(terms) > 1 or not lp.block else terms[0])
+            _put(out, rows, F.relu(acc))
             for i in rows:
                 bk = bkeys[bpos[i]] if lp.block else -1
                 if lp.block and not lp.proxies:
@@ -275,7 +275,7 @@ class Executor:
         else:  # pragma: no cover - Backbone only builds these
             raise TypeError(type(blk).__name__)
         identity = bn(blk.downsample[0](x), "downsample_1") if blk.downsample is not None else x
-        return F.relu(out + identity)
+        return out + identity  # the residual sum: the node's ReLU comes after the path mix
 
 
 def _by_task(tasks: Sequence[PreparedTask], rows: Sequence[int]) -> list[tuple[list[int], PreparedTask]]:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from blockstore import Backbone, Plan, Preprocess, TailoredNet, TaskPack
 from blockstore.frozen import block_bns
+from blockstore.proxy import PROXY_STAGES
 
 __all__ = ["Affine", "FoldedProxy", "PreparedTask", "fold_bn", "reference_net"]
 
@@ -41,10 +42,10 @@ class FoldedProxy:
 
 def _fold_proxy(t: dict[str, Tensor], key: str, stride: int, bottleneck: bool) -> FoldedProxy:
     stages = []
-    for conv, bn in ((0, 1), (3, 4)) if bottleneck else ((0, 1),):
-        w = t[f"{key}.body.{conv}.weight"]
-        scale, shift = fold_bn(t[f"{key}.body.{bn}.weight"], t[f"{key}.body.{bn}.bias"],
-                               t[f"{key}.body.{bn}.running_mean"], t[f"{key}.body.{bn}.running_var"], _BN_EPS)
+    for conv, bn in PROXY_STAGES[bottleneck]:  # the one definition of a proxy's layout
+        w = t[f"{key}.{conv}.weight"]
+        scale, shift = fold_bn(t[f"{key}.{bn}.weight"], t[f"{key}.{bn}.bias"],
+                               t[f"{key}.{bn}.running_mean"], t[f"{key}.{bn}.running_var"], _BN_EPS)
         stages.append(((w * scale.view(-1, 1, 1, 1)).contiguous(), shift))
     return FoldedProxy(stride, tuple(stages))
 

@@ -63,7 +63,7 @@ def test_bytes_are_standard_safetensors_with_the_documented_metadata(make_pack):
     meta = st_io.read_metadata(data)
     assert set(meta) == {"format", "task_id", "version", "backbone_id", "plan", "labels", "preprocess",
                          "metrics", "created_at"}
-    assert meta["format"] == "nettailor-pack/1"
+    assert meta["format"] == "nettailor-pack/2"
     assert json.loads(meta["metrics"])["val_acc"] == 0.9
     info = read_pack_info(data)
     assert (info.task_id, info.sha256, info.nbytes) == ("digits", hashlib.sha256(data).hexdigest(), len(data))
@@ -88,9 +88,16 @@ def test_foreign_and_future_formats(make_pack):
     foreign = st_save({"weight": torch.ones(3)}, metadata={"framework": "pt"})
     with pytest.raises(CorruptPack, match="not a TaskPack"):
         TaskPack.from_bytes(foreign)
-    future = _rewrite(make_pack().to_bytes(), {"format": "nettailor-pack/2"})
-    with pytest.raises(UnsupportedFormat, match="nettailor-pack/2"):
+    future = _rewrite(make_pack().to_bytes(), {"format": "nettailor-pack/3"})
+    with pytest.raises(UnsupportedFormat, match="nettailor-pack/3"):
         TaskPack.from_bytes(future)
+
+
+def test_format_1_is_refused_with_its_reason(make_pack):
+    old = _rewrite(make_pack().to_bytes(), {"format": "nettailor-pack/1"})
+    for read in (TaskPack.from_bytes, read_pack_info):
+        with pytest.raises(UnsupportedFormat, match=r"'nettailor-pack/1'.*re-tailor"):
+            read(old)
 
 
 @pytest.mark.parametrize(

@@ -38,4 +38,47 @@ def test_with_plan_keeps_logits_of_masked_paths(backbone):
         net.alphas["3"][1] = float("-inf")  # the dropped proxy's alpha is exactly zero after softmax
         x = torch.randn(2, 3, 32, 32)
         assert torch.allclose(small(x), net(x), atol=1e-6)
-    assert "proxies.3_2.body.0.weight" not in small.state_dict()
+    assert "proxies.3_2.conv.weight" not in small.state_dict()
+
+
+def test_bottleneck_proxy_is_4x_narrower_than_the_block_bottleneck():
+    from blockstore.proxy import Proxy, proxy_params
+
+    bb = Backbone(BackboneConfig(arch="resnet50", stem="3x3s2", input_size=32, num_classes=10))
+    proxy = Proxy(256, 512, 2, bottleneck=True)  # node 3 (256 ch) -> layer 4's output (512 ch)
+    assert proxy.down.weight.shape == (32, 256, 1, 1)  # 512 / 16, where the block's own width is 512 / 4
+    assert proxy.up.weight.shape == (512, 32, 1, 1)
+    # 256*32 + 2*32 (BN) + 32*512 + 2*512 (BN), by hand
+    assert proxy_params(256, 512, True) == 8192 + 64 + 16384 + 1024
+    block = bb.blocks[3]
+    assert block.conv1.out_channels == 128  # 512 / 4: the proxy is 4x narrower
+    # A k=3 ResNet-50 student: proxies hold far fewer parameters than the blocks (the paper's ~6.6 M)
+    plan = Plan.full(bb.spec, 3, bottleneck=True)
+    proxies = sum(proxy_params(p.in_channels, p.out_channels, True) for lp in plan.layers for p in lp.proxies)
+    assert 5e6 < proxies < 8e6 < bb.spec.blocks_params
+
+
+@pytest.mark.parametrize("arch", ["resnet10", "resnet50"])
+def test_block_path_alone_equals_the_torchvision_block(arch):
+    """One ReLU on the block path: with alpha_G = 1 and no proxies, node l is torchvision's block output."""
+    torch.manual_seed(0)
+    bb = Backbone(BackboneConfig(arch=arch, stem="3x3s2", input_size=32, num_classes=10)).freeze().eval()
+    spec = bb.spec
+    plan = Plan(spec.arch, bb.bottleneck, False, tuple(LayerPlan(True, ()) for _ in spec.blocks))
+    net = TailoredNet(bb, plan, 5).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        nodes = net.forward_nodes(x)
+        h = bb.stem_modules(x)
+        assert torch.allclose(nodes[0], h, atol=1e-6)
+        for l, blk in enumerate(bb.blocks, start=1):
+            h = blk(h)
+            assert torch.allclose(nodes[l], h, atol=1e-5), l
+        # With a proxy, the block's residual sum enters the mix un-rectified: one ReLU after the sum.
+        full = TailoredNet(bb, Plan.full(spec, 1, bottleneck=bb.bottleneck, task_bn=False), 5).eval()
+        n = full.forward_nodes(x)
+        w = full.path_weights(2)
+        block_sum = full.block(2, n[1])
+        assert (block_sum < 0).any()  # the residual sum is not rectified on its own
+        want = torch.relu(w[0] * block_sum + w[1] * full.proxy(2, 1)(n[1]))
+        assert torch.allclose(n[2], want, atol=1e-6)

@@ -143,7 +143,7 @@ def test_bad_pack_bytes_on_register_are_422(client, make_pack) -> None:
     _err(client.put("/v1/tasks/t9", content=b"garbage" * 100, headers=AUTH), 422, "corrupt_pack")
     _err(client.put("/v1/tasks/t9", content=good[: len(good) // 2], headers=AUTH), 422, "corrupt_pack")
     _err(client.put("/v1/tasks/other", content=good, headers=AUTH), 422, "pack_task_mismatch")
-    _err(client.put("/v1/tasks/t9", content=good.replace(b"nettailor-pack/1", b"nettailor-pack/9"), headers=AUTH),
+    _err(client.put("/v1/tasks/t9", content=good.replace(b"nettailor-pack/2", b"nettailor-pack/9"), headers=AUTH),
          422, "unsupported_format")
 
 
