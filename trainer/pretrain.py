@@ -25,11 +25,14 @@ __all__ = ["PretrainConfig", "pretrain"]
 @dataclass(frozen=True)
 class PretrainConfig(TrainConfig):
     arch: str = "resnet18"
-    stem: str = "3x3s2"
-    epochs: int = 1
+    stem: str = "imagenet"
+    auto_epochs: float = 3.0
+    min_steps: int = 500
+    max_steps: int = 3000
     lr: float = 0.05
     batch_size: int = 128
     weight_decay: float = 5e-4
+    patience: int | None = None  # pre-training runs its whole budget
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -52,8 +55,8 @@ def pretrain(data: TaskData, config: PretrainConfig, checkpoint: Path | None = N
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach())}, logits
 
-    history = fit(net, [{"params": list(net.parameters())}], data.train, data.preprocess, config, step, device,
-                  "pretrain", checkpoint)
+    history = fit(net, [{"params": list(net.parameters())}], data.training_set(), data.preprocess, config, step,
+                  device, "pretrain", checkpoint, validate=lambda: evaluate(net, data.val, data.preprocess, device))
     net.eval()
     metrics = {
         "source": data.name,

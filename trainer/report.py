@@ -74,7 +74,8 @@ def plot_architecture(report: dict, path: Path) -> None:
 
 def plot_sweep(report: dict, path: Path) -> None:
     plt = _pyplot()
-    pts = sorted((p for p in report["sweep"] if p.get("same_as") is None), key=lambda p: p["cost"]["params"])
+    pts = sorted((p for p in report["sweep"] if p.get("same_as") is None and p.get("val_acc") is not None),
+                 key=lambda p: p["cost"]["params"])
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [p["cost"]["params"] / 1e6 for p in pts]
     ax.plot(xs, [100 * p["val_acc"] for p in pts], "o-", label="validation")

@@ -34,7 +34,17 @@ __all__ = [
 
 @dataclass(frozen=True)
 class StudentConfig(TrainConfig):
-    epochs: int = 3
+    """About 6 passes over the data within [400, 2000] steps.  It stops early only once validation
+    accuracy has stalled *and* the architecture has settled (no path weight moved by ``plateau_tol``
+    between two checks), and it ends with its last state, not its best-scoring one: what the student
+    produces is an architecture decision, and fine-tuning recovers the accuracy."""
+
+    auto_epochs: float = 6.0
+    min_steps: int = 400
+    max_steps: int = 2000
+    restore_best: bool = False
+    plateau_tol: float = 0.01
+    alpha_init: tuple[float, float] = (2.0, -2.0)  # path logits a: universal block, proxies
     lr: float = 0.03
     max_skip: int | None = 3  # proxy reach k: 1, 3, 5..., or None for dense
     gamma_complexity: float = 0.3
@@ -54,13 +64,19 @@ class StudentConfig(TrainConfig):
             raise ConfigError("input_exclusion must be 'source' or 'previous'")
         if self.alpha_lr_scale <= 0:
             raise ConfigError("alpha_lr_scale must be positive")
+        if len(self.alpha_init) != 2 or self.plateau_tol <= 0:
+            raise ConfigError("alpha_init is (block logit, proxy logit) and plateau_tol must be positive")
 
 
 @dataclass(frozen=True)
 class FinetuneConfig(TrainConfig):
-    """Fine-tuning a pruned net: the same loss with gamma1 = 0."""
+    """Fine-tuning a pruned net: the same loss with gamma1 = 0, about 3 passes within [150, 600] steps,
+    stopped early on validation with the best checkpoint restored."""
 
-    epochs: int = 1
+    auto_epochs: float = 3.0
+    min_steps: int = 150
+    max_steps: int = 600
+    patience: int | None = 3
     lr: float = 0.01
     gamma_distill: float = 10.0
     alpha_lr_scale: float = 1.0
@@ -69,7 +85,13 @@ class FinetuneConfig(TrainConfig):
 def make_student(backbone: Backbone, num_classes: int, config: StudentConfig) -> TailoredNet:
     backbone.freeze().eval()
     plan = Plan.full(backbone.spec, config.max_skip, bottleneck=backbone.bottleneck, task_bn=config.task_bn)
-    return TailoredNet(backbone, plan, num_classes)
+    net = TailoredNet(backbone, plan, num_classes)
+    block, proxy = config.alpha_init
+    with torch.no_grad():
+        for l in range(1, len(plan.layers) + 1):
+            for i, src in enumerate(plan.paths(l)):
+                net.alphas[str(l)][i] = block if src is None else proxy
+    return net
 
 
 def param_groups(net: TailoredNet, lr: float, alpha_lr_scale: float = 1.0) -> list[dict]:
@@ -146,8 +168,13 @@ def _train(net: TailoredNet, teacher: Backbone, data: TaskData, config: TrainCon
         loss = ce + gamma1 * ec + gamma2 * omega
         return loss, {"ce": float(ce.detach()), "E[C]": float(ec.detach()), "omega": float(omega.detach())}, logits
 
-    history = fit(net, param_groups(net, config.lr, alpha_lr_scale), data.train, data.preprocess, config, step,
-                  device, desc, checkpoint)
+    def alphas() -> list[float]:
+        with torch.no_grad():
+            return [a for l in range(1, len(net.plan.layers) + 1) for a in net.path_weights(l).tolist()]
+
+    history = fit(net, param_groups(net, config.lr, alpha_lr_scale), data.training_set(), data.preprocess, config,
+                  step, device, desc, checkpoint, validate=lambda: evaluate(net, data.val, data.preprocess, device),
+                  plateau=alphas if gamma1 > 0 else None, plateau_tol=getattr(config, "plateau_tol", 0.01))
     net.eval()
     return {
         "val_acc": evaluate(net, data.val, data.preprocess, device),

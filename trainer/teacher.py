@@ -25,7 +25,12 @@ __all__ = ["TeacherConfig", "load_teacher", "make_teacher", "teacher_forward", "
 
 @dataclass(frozen=True)
 class TeacherConfig(TrainConfig):
-    epochs: int = 2
+    """Fine-tuning every weight: about 6 passes over the data within [300, 1500] steps, stopped early
+    on validation accuracy with the best checkpoint restored."""
+
+    auto_epochs: float = 6.0
+    min_steps: int = 300
+    max_steps: int = 1500
     lr: float = 0.01
     weight_decay: float = 1e-4
 
@@ -67,8 +72,8 @@ def train_teacher(backbone: Backbone, data: TaskData, config: TeacherConfig,
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach())}, logits
 
-    history = fit(teacher, [{"params": list(teacher.parameters())}], data.train, pre, config, step, device,
-                  "teacher", checkpoint)
+    history = fit(teacher, [{"params": list(teacher.parameters())}], data.training_set(), pre, config, step,
+                  device, "teacher", checkpoint, validate=lambda: evaluate(teacher, data.val, pre, device))
     teacher.eval()
     metrics = {
         "val_acc": evaluate(teacher, data.val, pre, device),

@@ -18,12 +18,12 @@ QUICK = {"progress": False, "batch_size": 32, "device": "cpu"}
 
 
 def quick_teacher(**kw) -> TeacherConfig:
-    return TeacherConfig(**(QUICK | {"epochs": 1} | kw))
+    return TeacherConfig(**(QUICK | {"steps": 15} | kw))
 
 
 def quick_student(**kw) -> StudentConfig:
-    return StudentConfig(**(QUICK | {"epochs": 1} | kw))
+    return StudentConfig(**(QUICK | {"steps": 15} | kw))
 
 
 def quick_finetune(**kw) -> FinetuneConfig:
-    return FinetuneConfig(**(QUICK | {"epochs": 1} | kw))
+    return FinetuneConfig(**(QUICK | {"steps": 10} | kw))

@@ -83,11 +83,11 @@ def test_publish_to_redis(make_pack, redis_store, capsys):
 def test_stages_one_at_a_time(tmp_path, bb_file, capsys):
     common = ["--dataset", "synthetic", "--backbone-file", str(bb_file), "--work-dir", str(tmp_path / "w"),
               "--no-progress", "--max-steps", "3", "--batch-size", "32", "--cache-dir", ""]
-    assert main(["teacher", *common, "--epochs", "1"]) == 0
-    assert main(["student", *common, "--epochs", "1", "--k", "dense"]) == 0
+    assert main(["teacher", *common, "--steps", "6"]) == 0
+    assert main(["student", *common, "--steps", "6", "--k", "dense"]) == 0
     assert main(["prune", "--backbone-file", str(bb_file), "--work-dir", str(tmp_path / "w"), "--blocks", "2",
                  "--threshold", "0.1"]) == 0
-    assert main(["finetune", *common, "--epochs", "1"]) == 0
+    assert main(["finetune", *common, "--steps", "6"]) == 0
     out = capsys.readouterr().out
     last = json.loads(out[out.rindex("{\n"):])
     assert last["blocks_kept"] <= 2 and 0.0 <= last["val_acc"] <= 1.0
