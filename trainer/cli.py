@@ -110,6 +110,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone-file", type=Path, default=None, help="the pack's backbone .safetensors")
     p.set_defaults(func=_inspect)
 
+    from .evaluate import register as register_evaluate
+
+    register_evaluate(sub)
+
 
 def _stage_common(p: argparse.ArgumentParser) -> None:
     add_backbone_args(p)

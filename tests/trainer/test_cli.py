@@ -8,7 +8,7 @@ import pytest
 from blockstore import DirStore, TaskPack
 from nettailor.cli import build_parser, main
 
-STAGES = ("pretrain", "teacher", "student", "prune", "finetune", "tailor", "publish", "inspect")
+STAGES = ("pretrain", "teacher", "student", "prune", "finetune", "tailor", "publish", "inspect", "evaluate")
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -92,3 +92,21 @@ def test_stages_one_at_a_time(tmp_path, bb_file, capsys):
     last = json.loads(out[out.rindex("{\n"):])
     assert last["blocks_kept"] <= 2 and 0.0 <= last["val_acc"] <= 1.0
     assert (tmp_path / "w" / "finetuned.pack").is_file()
+
+
+def test_evaluate_a_pack_on_a_data_set(tmp_path, bb_file, make_pack, capsys):
+    pack = make_pack(task_id="toy", num_classes=3)
+    path = tmp_path / "toy.pack"
+    path.write_bytes(pack.to_bytes())
+    rc = main(["evaluate", str(path), "--dataset", "synthetic:3", "--backbone-file", str(bb_file), "--cache-dir", "",
+               "--out", str(tmp_path / "eval")])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out)
+    result = json.loads((tmp_path / "eval" / "toy-eval.json").read_text())
+    assert out["accuracy"] == result["accuracy"] and result["images"] == 256
+    cm = result["confusion"]
+    assert sum(map(sum, cm)) == 256 and len(cm) == 3
+    assert result["accuracy"] == pytest.approx(sum(cm[i][i] for i in range(3)) / 256)
+    assert (tmp_path / "eval" / "toy-confusion.png").read_bytes()[:4] == b"\x89PNG"
+    rc = main(["evaluate", str(path), "--dataset", "synthetic:5", "--backbone-file", str(bb_file), "--cache-dir", ""])
+    assert rc == 2 and "cannot be matched" in capsys.readouterr().err
