@@ -228,6 +228,7 @@ def summary(tasks: list[str], packs: dict[str, Path], served: dict[str, dict]) -
     from blockstore import TaskPack
 
     rows = []
+    warnings: list[str] = []
     for task in tasks:
         m = TaskPack.from_bytes(packs[task].read_bytes()).metrics
         s = served.get(task, {})
@@ -239,10 +240,13 @@ def summary(tasks: list[str], packs: dict[str, Path], served: dict[str, dict]) -
             f"{m['flops'] / 1e6:.1f}M / {m['backbone_flops'] / 1e6:.1f}M",
             f"{m['blocks_kept']}/{m['blocks_total']}",
             f"{100 * m['blocks_params_removed']:.0f}%",
+            "yes" if m.get("within_tolerance") else "NO",
             f"{s['switch_ms']:.1f} ms" if "switch_ms" in s else "-",
         ])
+        if not m.get("within_tolerance"):
+            warnings.append(f"{task}: {m.get('warning', 'not within tolerance of its teacher')}")
     head = ["task", "test acc tailored / teacher", "acc over HTTP", "params / full", "FLOPs / full",
-            "blocks", "block params removed", "switch p50"]
+            "blocks", "block params removed", "within tol.", "switch p50"]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     line = "  ".join("-" * w for w in widths)
     print("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
@@ -255,6 +259,8 @@ def summary(tasks: list[str], packs: dict[str, Path], served: dict[str, dict]) -
     print("  FLOPs: the tailored network next to the full network with the same classifier.")
     figs = [ROOT / "runs" / t / f"{t}-architecture.png" for t in tasks]
     print("  architecture figures: " + ", ".join(str(f.relative_to(ROOT)) for f in figs if f.exists()))
+    for w in warnings:  # a task outside its tolerance is never a quiet success
+        print(f"\n  \033[33mWARNING\033[0m {w}")
 
 
 def main(argv: list[str] | None = None) -> int:

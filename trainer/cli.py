@@ -69,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("finetune", help="retrain a pruned net's task parameters with gamma1 = 0")
     _stage_common(p)
-    add_train_args(p, lr=0.01, budget=": 3 passes within [150, 600] steps, stopped early on validation")
+    add_train_args(p, lr=0.03, budget=": 10 passes within [400, 1500] steps, stopped early on validation")
     p.add_argument("--input", type=Path, default=None, help="pruned pack (default WORK_DIR/pruned.pack)")
     p.add_argument("--output", type=Path, default=None, help="result pack (default WORK_DIR/finetuned.pack)")
     p.add_argument("--gamma2", type=float, default=10.0, help="weight of the distillation Omega (default 10)")
@@ -81,8 +81,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    budget=": 6 passes within [300, 1500] steps, stopped early on validation")
     add_train_args(p, "student", lr=0.03, title="student", shared=False,
                    budget=": 6 passes within [400, 2000] steps, stopped when validation and the alphas have settled")
-    add_train_args(p, "finetune", lr=0.01, title="fine-tune (each candidate of the sweep) and shared loop flags",
-                   budget=": 3 passes within [150, 600] steps, stopped early on validation")
+    add_train_args(p, "finetune", lr=0.03, title="fine-tune (each candidate of the sweep) and shared loop flags",
+                   budget=": 10 passes within [400, 1500] steps, stopped early on validation")
     add_student_args(p)
     g = p.add_argument_group("selection and output")
     g.add_argument("--threshold", type=float, default=0.05, help="drop proxies with alpha below this (default 0.05)")

@@ -38,7 +38,8 @@ AUGMENTATIONS = ("none", "crop", "crop-flip")
 # Data sets whose mirror image keeps its class may flip; digits and characters never do.  Position-coded
 # synthetic test data is not augmented at all.  Image folders: crops, and flips only on request.
 AUTO_AUGMENT = {"mnist": "crop", "mnist-01": "crop", "mnist-parity": "crop", "fashion": "crop-flip",
-                "fashion-mnist": "crop-flip", "shapes": "crop-flip", "synthetic": "none", "folder": "crop"}
+                "fashion-mnist": "crop-flip", "shapes": "crop-flip", "synthetic": "none", "folder": "crop",
+                "letters": "crop", "colours": "crop-flip"}
 
 
 @dataclass(frozen=True)

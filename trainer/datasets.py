@@ -37,7 +37,7 @@ from blockstore import Preprocess
 
 from .errors import DataError
 from .folders import load_folder
-from .synth import SHAPES, shapes
+from .synth import COLOURS, LETTERS, SHAPES, colours, letters, shapes
 
 __all__ = ["CATALOGUE", "FASHION_DIR", "ImageData", "RawData", "load_raw", "mnist_dir"]
 
@@ -266,6 +266,25 @@ def _shapes(arg: str, size: int, cache: Path | None, seed: int) -> RawData:
                    list(SHAPES), 3)
 
 
+def _generated(kind: str, make_fn: Callable, classes: list[str], channels: int) -> Callable:
+    def load(arg: str, size: int, cache: Path | None, seed: int) -> RawData:
+        try:
+            n = int(arg) if arg else 20_000
+        except ValueError:
+            raise DataError(f"{kind}:{arg}: the argument must be a number of training images") from None
+
+        def make(count: int, s: int) -> dict[str, Tensor]:
+            images, labels = make_fn(count, size, s)
+            return {"images": images, "labels": labels}
+
+        train = _cached(cache, f"{kind}-train-{n}-{size}px-{seed}", lambda: make(n, seed + 100))
+        test = _cached(cache, f"{kind}-test-{size}px-{seed}", lambda: make(4000, seed + 101))
+        return RawData(ImageData(train["images"], train["labels"]), ImageData(test["images"], test["labels"]),
+                       classes, channels)
+
+    return load
+
+
 def _combine(parts: list[tuple[str, RawData]]) -> RawData:
     """Several sources as one classification task: disjoint labels ``source/class``, grey images
     replicated to colour when any source is colour."""
@@ -296,6 +315,10 @@ CATALOGUE: dict[str, Entry] = {
     "synthetic": Entry("generated squares on noise, synthetic:N for N classes (tests)", _synthetic),
     "shapes": Entry("generated colour shapes on colour gradients, 10 classes; shapes:N for N training images "
                     "(a pre-training source of colour features)", _shapes),
+    "letters": Entry("generated capital letters A-Z from the system's TrueType fonts, grey, 26 classes; letters:N "
+                     "for N training images", _generated("letters", letters, list(LETTERS), 1)),
+    "colours": Entry("generated scenes whose class is the colour of the object, 8 classes; colours:N for N "
+                     "training images", _generated("colours", colours, list(COLOURS), 3)),
     "folder": Entry("your images: folder:/path with <class>/<image>, or train/<class>/<image> plus optional "
                     "val/ and test/", _folder),
 }
