@@ -36,7 +36,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import BaseRoute
+from starlette.routing import Match
 
 from blockstore.errors import (
     BackboneMismatch,
@@ -190,12 +190,15 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     return _json(422, "validation_error", "; ".join(parts) or "invalid request")
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
 def _allowed(request: Request) -> str:
     """Every method some route serves at this path (Starlette lists only the first matching route's)."""
-    path = request.url.path
-    methods = {m for r in request.app.routes if isinstance(r, BaseRoute) and getattr(r, "methods", None)
-               and r.path_regex.match(path) for m in r.methods}  # type: ignore[attr-defined]
-    return ", ".join(sorted(methods))
+    routes = request.app.router.routes
+    ok = [m for m in _METHODS
+          if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
+    return ", ".join(ok)
 
 
 async def _http(request: Request, exc: Exception) -> JSONResponse:
