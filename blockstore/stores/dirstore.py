@@ -123,7 +123,8 @@ class DirStore(Store):
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
         bid = sha256_hex(data)
         path = self.root / "backbones" / f"{bid}.safetensors"
-        if not path.exists():
+        old = self._read(path)
+        if old is None or sha256_hex(old) != bid:  # missing, or a rotten copy this call repairs
             self._write(path, data)
         if make_default:
             self._write(self.root / "backbones" / "DEFAULT", bid.encode())

@@ -160,7 +160,7 @@ class RedisStore(Store):
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
         bid = sha256_hex(data)
         with self._guard():
-            self._client.set(self._k("backbone", bid), data, nx=True)
+            self._client.set(self._k("backbone", bid), data)  # same id, same bytes: rewriting repairs a rotten copy
             if make_default:
                 self._client.set(self._k("backbone-default"), bid)
         return bid
