@@ -11,7 +11,10 @@ from .errors import (
     BackboneError,
     BackboneMismatch,
     BackboneNotFound,
+    CorruptBackbone,
     CorruptPack,
+    CorruptRecord,
+    DigestMismatch,
     InvalidPlan,
     InvalidTaskId,
     NetTailorError,
@@ -19,6 +22,7 @@ from .errors import (
     PackError,
     PackNotFound,
     PackTaskMismatch,
+    StoreConfigError,
     StoreUnavailable,
     TaskNotFound,
     UnsupportedFormat,
@@ -29,18 +33,28 @@ from .pack import PACK_FORMAT, PackInfo, TaskPack, read_pack_info
 from .plan import LayerPlan, Plan, PlanCost, ProxySpec
 from .preprocess import Preprocess
 from .proxy import Proxy
-from .stores import DirStore, RedisStore, Store, StoreEvent, TaskRecord, VersionRecord, open_store
+from .stores import (
+    DEFAULT_KEEP_VERSIONS,
+    DirStore,
+    GcReport,
+    RedisStore,
+    Store,
+    StoreEvent,
+    TaskRecord,
+    VersionRecord,
+    open_store,
+)
 from .tailored import TailoredNet, bn_buffers_per_block
 from .taskid import TASK_ID_PATTERN, validate_task_id
 from .weights import load_backbone
 
 __all__ = [
-    "ARCHS", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN",
-    "Backbone", "BackboneConfig", "BackboneError", "BackboneMismatch", "BackboneNotFound", "BackboneSpec",
-    "BlockSpec", "CorruptPack", "DirStore", "InvalidPlan", "InvalidTaskId", "LayerPlan", "NetTailorError",
-    "NodeSpec", "NotFound", "PackError", "PackInfo", "PackNotFound", "PackTaskMismatch", "Plan", "PlanCost",
-    "Preprocess", "Proxy", "ProxySpec", "RedisStore", "Store", "StoreEvent", "StoreUnavailable", "TailoredNet",
-    "TaskNotFound", "TaskPack", "TaskRecord", "UnsupportedFormat", "VersionNotFound", "VersionRecord",
-    "WeightsUnavailable", "bn_buffers_per_block", "load_backbone", "load_resident", "open_store",
-    "read_pack_info", "resolve_device", "validate_task_id",
+    "ARCHS", "DEFAULT_KEEP_VERSIONS", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN", "Backbone", "BackboneConfig",
+    "BackboneError", "BackboneMismatch", "BackboneNotFound", "BackboneSpec", "BlockSpec", "CorruptBackbone",
+    "CorruptPack", "CorruptRecord", "DigestMismatch", "DirStore", "GcReport", "InvalidPlan", "InvalidTaskId",
+    "LayerPlan", "NetTailorError", "NodeSpec", "NotFound", "PackError", "PackInfo", "PackNotFound",
+    "PackTaskMismatch", "Plan", "PlanCost", "Preprocess", "Proxy", "ProxySpec", "RedisStore", "Store",
+    "StoreConfigError", "StoreEvent", "StoreUnavailable", "TailoredNet", "TaskNotFound", "TaskPack", "TaskRecord",
+    "UnsupportedFormat", "VersionNotFound", "VersionRecord", "WeightsUnavailable", "bn_buffers_per_block",
+    "load_backbone", "load_resident", "open_store", "read_pack_info", "resolve_device", "validate_task_id",
 ]

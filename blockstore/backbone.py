@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass
-from functools import cached_property
 
 import torch
 from torch import nn
@@ -124,6 +123,9 @@ class Backbone(nn.Module):
             net.maxpool = nn.Identity()  # type: ignore[assignment]
         self.net = net
         self._id: str | None = None
+        # Measured once here, at load, and never again: the spec depends on the architecture only (not
+        # on the weights), and a lazily cached value would first be computed in whatever thread asked.
+        self.spec: BackboneSpec = self._measure_spec()
 
     @property
     def bottleneck(self) -> bool:
@@ -151,15 +153,14 @@ class Backbone(nn.Module):
             p.requires_grad_(False)
         return self
 
-    @cached_property
-    def spec(self) -> BackboneSpec:
+    @torch.no_grad()
+    def _measure_spec(self) -> BackboneSpec:
         """Shapes, FLOPs and parameters per block, measured with one forward at ``input_size``."""
         size = self.config.input_size
-        device = next(self.parameters()).device
         was_training = self.training
         self.eval()
         try:
-            x = torch.zeros(1, 3, size, size, device=device)
+            x = torch.zeros(1, 3, size, size)
             stem_flops, x = count_flops(self.stem_modules, x)
             nodes = [NodeSpec(0, x.shape[1], x.shape[-1], 1)]
             blocks = []

@@ -7,17 +7,23 @@ The tree::
     ├── InvalidPlan                 a plan that does not fit its backbone (sources, shapes, dead nodes)
     ├── PackError                   anything wrong with TaskPack bytes
     │   ├── CorruptPack             garbage, truncated bytes, missing keys, wrong shapes, bad JSON
+    │   │   └── DigestMismatch      stored pack bytes that no longer hash to their SHA-256 address
     │   ├── UnsupportedFormat       a ``format`` tag this code does not read
     │   ├── BackboneMismatch        a pack trained on another backbone
     │   └── PackTaskMismatch        registering a pack under another task's id
     ├── BackboneError               a backbone that cannot be built or loaded
-    │   └── WeightsUnavailable      weights that cannot be had (offline download, missing file)
+    │   ├── WeightsUnavailable      weights that cannot be had (offline download, missing file)
+    │   └── CorruptBackbone         stored backbone bytes that no longer hash to their id
     ├── NotFound                    something the store does not hold
     │   ├── TaskNotFound
     │   ├── VersionNotFound
     │   ├── PackNotFound
     │   └── BackboneNotFound
-    └── StoreUnavailable            the store cannot be reached (Redis down, directory unwritable)
+    ├── StoreConfigError            a store setting that makes no sense (NETTAILOR_KEEP_VERSIONS=0)
+    ├── StoreUnavailable            the store cannot be reached (Redis down, directory unwritable) or stays
+    │                               contended past the retry bound
+    └── CorruptRecord               stored data of an unexpected shape (a WRONGTYPE key, a task record with
+                                    missing fields or bad JSON): written by another tool, never by a store
 
 Every error carries a stable machine-readable ``code`` used in ``{"error": code, "detail": text}``.
 """
@@ -28,7 +34,10 @@ __all__ = [
     "BackboneError",
     "BackboneMismatch",
     "BackboneNotFound",
+    "CorruptBackbone",
     "CorruptPack",
+    "CorruptRecord",
+    "DigestMismatch",
     "InvalidPlan",
     "InvalidTaskId",
     "NetTailorError",
@@ -36,6 +45,7 @@ __all__ = [
     "PackError",
     "PackNotFound",
     "PackTaskMismatch",
+    "StoreConfigError",
     "StoreUnavailable",
     "TaskNotFound",
     "UnsupportedFormat",
@@ -70,6 +80,17 @@ class CorruptPack(PackError):
     code = "corrupt_pack"
 
 
+class DigestMismatch(CorruptPack):
+    """Stored pack bytes whose SHA-256 is not the address they are stored under (bit rot, a bad copy,
+    a hand edit).  The store records the digest as corrupt, so every replica refuses it alike."""
+
+    code = "digest_mismatch"
+
+    def __init__(self, detail: str, sha256: str = "") -> None:
+        super().__init__(detail)
+        self.sha256 = sha256
+
+
 class UnsupportedFormat(PackError):
     code = "unsupported_format"
 
@@ -88,6 +109,10 @@ class BackboneError(NetTailorError):
 
 class WeightsUnavailable(BackboneError):
     code = "weights_unavailable"
+
+
+class CorruptBackbone(BackboneError):
+    code = "corrupt_backbone"
 
 
 class NotFound(NetTailorError):
@@ -110,5 +135,13 @@ class BackboneNotFound(NotFound):
     code = "backbone_not_found"
 
 
+class StoreConfigError(NetTailorError):
+    code = "store_config_error"
+
+
 class StoreUnavailable(NetTailorError):
     code = "store_unavailable"
+
+
+class CorruptRecord(NetTailorError):
+    code = "corrupt_record"

@@ -7,12 +7,16 @@ names are those of :meth:`TailoredNet.state_dict`.  The SHA-256 of the bytes is 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
+from types import MappingProxyType
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -75,17 +79,56 @@ def read_pack_info(data: bytes) -> PackInfo:
     return PackInfo(meta["task_id"], meta["version"], meta["backbone_id"], hashlib.sha256(data).hexdigest(), len(data))
 
 
-@dataclass
+def _refuse(self: object, *args: object, **kwargs: object) -> None:
+    raise TypeError("a TaskPack is immutable: build a new one (dataclasses.replace) instead")
+
+
+class _ReadOnlyList(list):
+    """A list (equal to, and JSON-encoded like, a plain one) whose mutators raise."""
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse  # type: ignore[assignment]
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return type(self), (list(self),)
+
+
+class _ReadOnlyDict(dict):
+    """A dict (equal to, and JSON-encoded like, a plain one) whose mutators raise."""
+
+    __setitem__ = __delitem__ = __ior__ = update = pop = popitem = clear = setdefault = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple:
+        return type(self), (dict(self),)
+
+
+@dataclass(frozen=True)
 class TaskPack:
+    """A task's tensors and metadata; immutable once built, so its SHA-256 can be cached.
+
+    The fields cannot be reassigned, and ``tensors`` is a read-only mapping of tensors this pack owns:
+    :meth:`from_net` copies them out of the network, :meth:`from_bytes` decodes fresh ones, and
+    :meth:`build` gives the network copies, so training a built network never changes the pack.
+    (Constructing a TaskPack directly hands it the given tensors: do not mutate them afterwards.)
+    """
+
     task_id: str
     backbone_id: str
     plan: Plan
     labels: list[str]
     preprocess: Preprocess
-    tensors: dict[str, Tensor]
+    tensors: Mapping[str, Tensor]
     version: str = "1"
-    metrics: dict = field(default_factory=dict)
+    metrics: Mapping[str, Any] = field(default_factory=dict)
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+
+    def __post_init__(self) -> None:
+        # Private, read-only containers: neither the caller's later edits of its own list and dicts nor
+        # edits through the pack can change what to_bytes() writes, so the cached sha256 stays true.
+        object.__setattr__(self, "labels", _ReadOnlyList(self.labels))
+        object.__setattr__(self, "tensors", MappingProxyType(dict(self.tensors)))
+        object.__setattr__(self, "metrics", _ReadOnlyDict(copy.deepcopy(dict(self.metrics))))
+        object.__setattr__(self, "version", str(self.version))
 
     # -- bytes -----------------------------------------------------------------------------
 
@@ -93,7 +136,7 @@ class TaskPack:
         meta = {
             "format": PACK_FORMAT,
             "task_id": self.task_id,
-            "version": str(self.version),
+            "version": self.version,
             "backbone_id": self.backbone_id,
             "plan": self.plan.to_json(),
             "labels": json.dumps(self.labels),
@@ -101,18 +144,24 @@ class TaskPack:
             "metrics": json.dumps(self.metrics, sort_keys=True),
             "created_at": self.created_at,
         }
-        return st_io.dumps(self.tensors, meta)
+        return st_io.dumps(dict(self.tensors), meta)
 
     @cached_property
     def sha256(self) -> str:
+        """SHA-256 of :meth:`to_bytes` (the pack's identity in a store); safe to cache, the pack is frozen."""
         return hashlib.sha256(self.to_bytes()).hexdigest()
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, backbone_id: str | None = None, sha256: str | None = None) -> TaskPack:
+    def from_bytes(cls, data: bytes, *, backbone_id: str | None = None,
+                   verified_sha256: str | None = None) -> TaskPack:
         """Parse and validate ``data``. With ``backbone_id``, refuse a pack trained on another backbone.
 
-        ``sha256`` is the known digest of ``data`` (a store's content address); otherwise it is hashed.
+        ``verified_sha256`` is the digest of ``data`` when the caller has just checked it: every
+        :class:`~blockstore.stores.Store` read verifies the bytes against their address
+        (``Store.get_pack``), so a cold load hashes its bytes once, in the store.  Without it the bytes
+        are hashed here.
         """
+        digest = verified_sha256 or hashlib.sha256(data).hexdigest()
         meta = st_io.read_metadata(data)
         _check_header(meta)
         if backbone_id is not None and meta["backbone_id"] != backbone_id:
@@ -136,7 +185,7 @@ class TaskPack:
             raise CorruptPack("pack metrics must be a JSON object")
         pack = cls(meta["task_id"], meta["backbone_id"], plan, labels, preprocess, tensors,
                    meta["version"], metrics, meta["created_at"])
-        pack.__dict__["sha256"] = sha256 or hashlib.sha256(data).hexdigest()  # bytes round-trip exactly
+        pack.__dict__["sha256"] = digest  # the bytes round-trip exactly (st_io is deterministic)
         return pack
 
     # -- networks --------------------------------------------------------------------------
@@ -147,8 +196,9 @@ class TaskPack:
         validate_task_id(task_id)
         if len(labels) != net.num_classes:
             raise ValueError(f"{len(labels)} labels for a {net.num_classes}-way classifier")
+        # Copies (clone): on the CPU, .cpu() and .contiguous() would alias the net's own tensors.
         return cls(task_id, net.backbone.backbone_id, net.plan, list(labels), preprocess,
-                   {k: v.detach().cpu().contiguous() for k, v in net.task_tensors().items()},
+                   {k: v.detach().to("cpu", copy=True).contiguous() for k, v in net.task_tensors().items()},
                    str(version), dict(metrics or {}))
 
     def validate(self, backbone: Backbone) -> None:
@@ -184,14 +234,15 @@ class TaskPack:
     def build(self, backbone: Backbone) -> TailoredNet:
         """The task's TailoredNet on ``backbone`` (on the backbone's device), fully validated.
 
-        On CPU the net takes the pack's tensors as its own (no copy, no throw-away random init):
-        build once per pack, or copy the tensors before training one of several builds.
+        The net owns copies of the pack's tensors (one copy, straight onto the device, and no throw-away
+        random init), so training it never changes this pack or its cached SHA-256.
         """
         self.validate(backbone)
+        device = next(backbone.parameters()).device
         with torch.device("meta"):  # no random init of tensors that are about to be replaced
             net = TailoredNet(backbone, self.plan, len(self.labels))
-        net.load_state_dict(self.tensors, assign=True)
-        return net.to(next(backbone.parameters()).device).eval()
+        net.load_state_dict({k: v.to(device, copy=True) for k, v in self.tensors.items()}, assign=True)
+        return net.eval()
 
     @property
     def nbytes(self) -> int:

@@ -23,6 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     from trainer.cli import register as register_trainer
 
     register_trainer(sub)
+    from .store_cli import register as register_store
+
+    register_store(sub)
     try:
         from server.cli import register as register_server
     except ImportError:  # the serving extra is not installed

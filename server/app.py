@@ -1,13 +1,17 @@
 """The FastAPI app: ``create_app(settings)`` builds it; the lifespan owns every resource.
 
-Start-up loads the universal blocks once onto the device (verifying their backbone id), opens the
-store, subscribes the pack cache to store events and starts the executor's worker thread.  Run it
-with ``nettailor serve`` or ``uvicorn --factory server.app:create_app``.
+Start-up opens the store, loads the universal blocks once onto the device (the store verifies their
+digest), subscribes the pack cache to store events and starts the executor's worker thread
+(:mod:`server.runtime`).  With no backbone in the store yet it starts anyway, not ready, and becomes
+ready when one is published.  Run it with ``nettailor serve`` or
+``uvicorn --factory server.app:create_app``.
 """
 
 from __future__ import annotations
 
-import gc
+import asyncio
+import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,17 +19,13 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from blockstore import Backbone, BackboneMismatch, Store, load_resident, open_store
+from blockstore import open_store
 
-from .batching import Batcher
-from .cache import PackCache
 from .errors import install_error_handlers
-from .executor import Executor
-from .inference import Inference
 from .metrics import Metrics
 from .routes import ops_router, predict_router, tasks_router
+from .runtime import keep_trying, start
 from .settings import Settings, get_settings
-from .tasks import TaskManager
 
 __all__ = ["create_app"]
 
@@ -37,47 +37,27 @@ Errors are JSON `{"error": code, "detail": text}`; mutating calls need `Authoriz
 """
 
 
-def _load_backbone(store: Store, settings: Settings) -> Backbone:
-    backbone = load_resident(store, settings.backbone, settings.device)
-    expected = settings.backbone or store.default_backbone_id()
-    if expected is not None and backbone.backbone_id != expected:
-        raise BackboneMismatch(f"the store's backbone bytes hash to {backbone.backbone_id[:12]}..., "
-                               f"not to their id {expected[:12]}...")
-    return backbone
-
-
 def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = app.state
-        store = await anyio.to_thread.run_sync(open_store, settings.store)
-        subscription = batcher = None
+        store = await anyio.to_thread.run_sync(
+            functools.partial(open_store, settings.store, keep_versions=settings.keep_versions))
+        state.store = store
+        waiting: asyncio.Task | None = None
         try:
-            backbone = await anyio.to_thread.run_sync(_load_backbone, store, settings)
-            metrics = state.metrics
-            cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
-            subscription = await anyio.to_thread.run_sync(store.subscribe, cache.on_event)
-            batcher = Batcher(Executor(backbone), max_batch=settings.max_batch,
-                              window_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_queue,
-                              metrics=metrics)
-            state.store, state.cache, state.batcher = store, cache, batcher
-            state.inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
-                                        max_tasks=settings.max_tasks_per_request)
-            state.tasks = TaskManager(store, backbone, cache)
-            # Start-up objects (modules, the backbone) never die: keep them out of the collector's
-            # full passes, which otherwise pause a cold pack load for ~150 ms every few dozen loads.
-            gc.collect()
-            gc.freeze()
-            state.backbone = backbone  # last: /readyz reports ready from here on
-            log.info("serving backbone %s... on %s from %s", backbone.backbone_id[:12],
-                     next(backbone.parameters()).device, store.url.split("@")[-1])
+            if not await start(app, store, settings):
+                waiting = asyncio.create_task(keep_trying(app, store, settings))
             yield
         finally:
             state.backbone = None
-            if subscription is not None:
-                subscription.close()
-            if batcher is not None:
-                batcher.close()
+            if waiting is not None:
+                waiting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await waiting
+            runtime = getattr(state, "runtime", None)
+            if runtime is not None:
+                runtime.close()
             store.close()
 
     return lifespan
@@ -94,6 +74,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.backbone = None
+    app.state.not_ready = "starting"
+    # An empty id (PUT /v1/tasks/) is a 404 like any unknown path, not a redirect to another resource.
+    app.router.redirect_slashes = False
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.include_router(predict_router)

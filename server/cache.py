@@ -11,6 +11,10 @@
 * **Failures**: a stored pack that cannot be prepared (corrupt, other backbone) makes its task answer
   ``task_unavailable`` for ``failure_ttl`` seconds or until the task's next store event, so a bad
   pack does not hammer the store.  A store outage leaves cached tasks serving.
+* **Integrity**: the store verifies the SHA-256 of every pack it returns (a cold load hashes the bytes
+  once, there).  A mismatch is logged, counted (``nettailor_integrity_failures_total``) and answered
+  ``task_unavailable``; the store marks the digest corrupt and its ``corrupt`` event makes every
+  replica drop the task, even one still holding a good copy, so all of them tell one story.
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from collections.abc import Callable
 
 import anyio.to_thread
 
-from blockstore import Backbone, BackboneMismatch, PackError, PackNotFound, Store, StoreEvent, TaskPack
+from blockstore import (
+    Backbone,
+    BackboneMismatch,
+    DigestMismatch,
+    PackError,
+    PackNotFound,
+    Store,
+    StoreEvent,
+    TaskPack,
+)
 
 from .errors import TaskUnavailable
 from .executor import PreparedTask
@@ -138,9 +151,18 @@ class PackCache:
                 del self._failures[task_id]
         return None
 
+    def _bump(self, task_id: str) -> None:
+        """Under the lock: make any load of ``task_id`` in flight discard its result.  Generations only
+        matter while loads are in flight, so with none the table is emptied (it would otherwise
+        keep one entry per task id ever seen)."""
+        if self._flights:
+            self._gen[task_id] = self._gen.get(task_id, 0) + 1
+        else:
+            self._gen.clear()
+
     def invalidate(self, task_id: str, reason: str = "invalidated") -> None:
         with self._lock:
-            self._gen[task_id] = self._gen.get(task_id, 0) + 1
+            self._bump(task_id)
             self._failures.pop(task_id, None)
             e = self._entries.pop(task_id, None)
             if e is not None:
@@ -150,7 +172,7 @@ class PackCache:
     def invalidate_all(self) -> None:
         with self._lock:
             for tid in set(self._entries) | set(self._failures) | set(self._flights):
-                self._gen[tid] = self._gen.get(tid, 0) + 1
+                self._bump(tid)
             self._failures.clear()
             while self._entries:
                 _, e = self._entries.popitem(last=False)
@@ -161,6 +183,11 @@ class PackCache:
         """Store subscription callback (runs on the store's event thread)."""
         if ev.kind == "resync":
             self.invalidate_all()
+        elif ev.kind in ("corrupt", "repair"):  # the bytes changed state, whatever the version says
+            with self._lock:
+                hit = [tid for tid, e in self._entries.items() if e.task.sha256 == ev.sha256]
+            for tid in {*hit, ev.task_id} - {"*"}:
+                self.invalidate(tid, "corrupt" if ev.kind == "corrupt" else "invalidated")
         else:
             cur = self.cached_version(ev.task_id)
             if cur is None or ev.sha256 is None or cur[1] != ev.sha256 or cur[0] != ev.version:
@@ -184,10 +211,15 @@ class PackCache:
     # -- loading ---------------------------------------------------------------------------
 
     def _load_from_store(self, task_id: str) -> PreparedTask:
-        rec, data = self.store.get_pack(task_id)
         try:
-            # The store addresses packs by the SHA-256 of their bytes: no need to hash them again.
-            pack = TaskPack.from_bytes(data, backbone_id=self.backbone.backbone_id, sha256=rec.sha256)
+            rec, data = self.store.get_pack(task_id)  # verified: the bytes hash to rec.sha256
+        except DigestMismatch as e:
+            self.metrics.integrity_failures.labels("pack").inc()
+            self.metrics.pack_failures.labels(e.code).inc()
+            log.error("task %s cannot be served: %s", task_id, e.detail)
+            raise TaskUnavailable(f"task {task_id!r} cannot be served: {e.detail}") from None
+        try:
+            pack = TaskPack.from_bytes(data, backbone_id=self.backbone.backbone_id, verified_sha256=rec.sha256)
             if pack.task_id != task_id:
                 raise PackError(f"the stored pack names task {pack.task_id!r}")
             return PreparedTask.from_pack(pack, self.backbone, version=rec.version)
@@ -227,6 +259,8 @@ class PackCache:
                     self._failures[task_id] = (time.monotonic() + self.failure_ttl, e)
                 flight.error = e
                 del self._flights[task_id]
+                if not self._flights:
+                    self._gen.clear()
             flight.done.set()
             raise
         self.metrics.pack_load.observe(time.perf_counter() - t0)
@@ -241,6 +275,8 @@ class PackCache:
                 entry.live = False
             flight.entry = entry
             del self._flights[task_id]
+            if not self._flights:
+                self._gen.clear()
             self._update_gauges()
         flight.done.set()
         return entry

@@ -25,11 +25,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from blockstore import open_store
+
     from .settings import Settings, get_settings
 
     os.environ["NETTAILOR_HOST"] = args.host  # the workers read it: open mode is for loopback only
     get_settings.cache_clear()
-    Settings().check_security()  # fail here, with a clear message, before uvicorn starts
+    settings = Settings()
+    # Fail here, with one clear line and exit code 2, before uvicorn starts: no token, a store that
+    # cannot be opened.  An empty store is not an error: the server starts and waits for a backbone.
+    settings.check_security()
+    open_store(settings.store, keep_versions=settings.keep_versions).close()
     uvicorn.run("server.app:create_app", factory=True, host=args.host, port=args.port, workers=args.workers,
                 log_level=args.log_level)
     return 0

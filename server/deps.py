@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from .errors import Forbidden, Unauthorized
+from .errors import Forbidden, NotReady, Unauthorized
 from .inference import Inference
 from .metrics import Metrics
 from .settings import Settings, get_settings
@@ -18,12 +18,20 @@ from .tasks import TaskManager
 __all__ = ["InferenceDep", "MetricsDep", "SettingsDep", "TasksDep", "require_operator"]
 
 
+def _ready(request: Request, name: str):  # type: ignore[no-untyped-def]
+    """A runtime object, or 503 not_ready while the server waits for a backbone (server/runtime.py)."""
+    state = request.app.state
+    if getattr(state, "backbone", None) is None:
+        raise NotReady(f"the server is not ready: {getattr(state, 'not_ready', None) or 'starting'}")
+    return getattr(state, name)
+
+
 def _inference(request: Request) -> Inference:
-    return request.app.state.inference
+    return _ready(request, "inference")
 
 
 def _tasks(request: Request) -> TaskManager:
-    return request.app.state.tasks
+    return _ready(request, "tasks")
 
 
 def _metrics(request: Request) -> Metrics:

@@ -8,6 +8,7 @@ The tree (blockstore's errors in brackets)::
     │   └── [BackboneMismatch]      409 backbone_mismatch
     ├── [NotFound]                  404 task_not_found / version_not_found / ...
     ├── [StoreUnavailable]          503 store_unavailable
+    ├── [CorruptRecord]             503 corrupt_record (a stored record of the wrong shape)
     ├── RequestError                a bad request the client can fix
     │   ├── UnsupportedMediaType    415 unsupported_media_type
     │   ├── BadImage                422 bad_image
@@ -18,7 +19,12 @@ The tree (blockstore's errors in brackets)::
     │   ├── Unauthorized            401 unauthorized
     │   └── Forbidden               403 forbidden
     ├── TaskUnavailable             503 task_unavailable (its stored pack cannot be served)
+    ├── NotReady                    503 not_ready (no backbone loaded yet: the store holds none)
     └── Overloaded                  503 overloaded, with Retry-After
+
+Framework answers are mapped too, so that every status is documented: a body the framework cannot
+parse (400 from Starlette or FastAPI) is 422 ``validation_error``, a malformed task id in a path is
+422 ``invalid_task_id``, and a 405 lists every method the path allows.
 """
 
 from __future__ import annotations
@@ -30,19 +36,23 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from blockstore.errors import (
     BackboneMismatch,
+    CorruptRecord,
     InvalidTaskId,
     NetTailorError,
     NotFound,
     PackError,
     StoreUnavailable,
 )
+from blockstore.taskid import validate_task_id
 
 __all__ = [
-    "AuthError", "BadImage", "ErrorBody", "Forbidden", "ImageTooLarge", "Overloaded", "PayloadTooLarge",
-    "RequestError", "TaskUnavailable", "TooManyTasks", "Unauthorized", "UnsupportedMediaType",
+    "AuthError", "BadImage", "ErrorBody", "Forbidden", "ImageTooLarge", "NotReady", "Overloaded",
+    "PayloadTooLarge", "RequestError", "TaskUnavailable", "TooManyFiles", "TooManyTasks", "Unauthorized",
+    "UnsupportedMediaType",
     "error_responses", "install_error_handlers", "status_of",
 ]
 
@@ -80,6 +90,10 @@ class TooManyTasks(RequestError):
     code = "validation_error"
 
 
+class TooManyFiles(RequestError):
+    code = "validation_error"
+
+
 class AuthError(NetTailorError):
     code = "unauthorized"
 
@@ -94,6 +108,10 @@ class Forbidden(AuthError):
 
 class TaskUnavailable(NetTailorError):
     code = "task_unavailable"
+
+
+class NotReady(NetTailorError):
+    code = "not_ready"
 
 
 class Overloaded(NetTailorError):
@@ -111,6 +129,8 @@ _STATUS: tuple[tuple[type[NetTailorError], int], ...] = (
     (InvalidTaskId, 422),
     (NotFound, 404),
     (StoreUnavailable, 503),
+    (CorruptRecord, 503),
+    (NotReady, 503),
     (UnsupportedMediaType, 415),
     (PayloadTooLarge, 413),
     (ImageTooLarge, 413),
@@ -149,9 +169,9 @@ async def _domain(request: Request, exc: Exception) -> JSONResponse:
         headers = {"Retry-After": str(exc.retry_after)}
     elif isinstance(exc, Unauthorized):
         headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, (StoreUnavailable, TaskUnavailable)):
+    elif isinstance(exc, (StoreUnavailable, TaskUnavailable, NotReady, CorruptRecord)):
         headers = {"Retry-After": "1"}
-    if status >= 500 and not isinstance(exc, (StoreUnavailable, TaskUnavailable, Overloaded)):
+    if status >= 500 and not isinstance(exc, (StoreUnavailable, TaskUnavailable, Overloaded, NotReady, CorruptRecord)):
         log.error("unmapped domain error %s: %s", type(exc).__name__, exc.detail)
     return _json(status, exc.code, exc.detail, headers)
 
@@ -160,15 +180,36 @@ async def _validation(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     parts = []
     for e in exc.errors():
+        if tuple(e.get("loc", ())) == ("path", "task_id"):  # the schema's pattern, checked by FastAPI
+            try:
+                validate_task_id(request.path_params.get("task_id"))
+            except InvalidTaskId as bad:
+                return _json(422, bad.code, bad.detail)
         loc = ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "request"
         parts.append(f"{loc}: {e.get('msg', 'invalid')}")
     return _json(422, "validation_error", "; ".join(parts) or "invalid request")
 
 
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed(request: Request) -> str:
+    """Every method some route serves at this path (Starlette lists only the first matching route's)."""
+    routes = request.app.router.routes
+    ok = [m for m in _METHODS
+          if any(r.matches({**request.scope, "method": m})[0] == Match.FULL for r in routes)]
+    return ", ".join(ok)
+
+
 async def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(getattr(exc, "headers", None) or {})
+    if exc.status_code == 400:  # a body the framework could not parse (not UTF-8, broken multipart)
+        return _json(422, "validation_error", f"the request body cannot be parsed: {exc.detail}")
+    if exc.status_code == 405:
+        headers["Allow"] = _allowed(request)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return _json(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
+    return _json(exc.status_code, code, str(exc.detail), headers or None)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

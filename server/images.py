@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import AsyncGenerator
 
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException
+from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 
-from .errors import BadImage, ImageTooLarge, PayloadTooLarge, UnsupportedMediaType
+from .errors import BadImage, ImageTooLarge, PayloadTooLarge, TooManyFiles, UnsupportedMediaType
 
 __all__ = ["decode_image", "read_body", "read_images", "sniff"]
 
@@ -53,12 +54,18 @@ async def read_images(request: Request, *, field: str, max_files: int, max_file_
     if ctype == "multipart/form-data":
         body = await read_body(request, total_limit)
 
-        async def replay() -> dict:
-            return {"type": "http.request", "body": body, "more_body": False}
+        async def chunks() -> AsyncGenerator[bytes, None]:
+            yield body
 
+        # The parser itself, not Request.form(): inside an app, form() turns every parse error into
+        # a 400 before this code could answer the documented 422.
+        parser = MultiPartParser(request.headers, chunks(), max_files=max_files, max_fields=max_files + 16)
         try:
-            form = await Request(request.scope, replay).form(max_files=max_files, max_fields=max_files + 16)
+            form = await parser.parse()
         except MultiPartException as e:
+            if e.message.startswith("Too many files"):
+                raise TooManyFiles(f"at most {max_files} file(s) per request; send more in several requests") \
+                    from None
             raise BadImage(f"malformed multipart body: {e.message}") from None
         try:
             parts = [p for p in form.getlist(field) if isinstance(p, UploadFile)]

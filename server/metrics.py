@@ -28,6 +28,8 @@ class Metrics:
                                    "device", buckets=_LATENCY, registry=r)
         self.pack_failures = Counter("nettailor_pack_load_failures", "Pack loads that failed, by code",
                                      ["code"], registry=r)
+        self.integrity_failures = Counter("nettailor_integrity_failures", "Stored bytes that failed their SHA-256 "
+                                          "check, by kind (pack, backbone)", ["kind"], registry=r)
         self.queue_depth = Gauge("nettailor_queue_depth", "Samples waiting for the executor", registry=r)
         self.overloaded = Counter("nettailor_overloaded", "Requests refused because the queue was full",
                                   registry=r)
@@ -49,6 +51,11 @@ class Metrics:
         self._samples += size
         self._mixed += size if mixed else 0
         self.batch_mixed_share.set(self._mixed / self._samples)
+
+    def forget_task(self, task_id: str) -> None:
+        """Drop a deleted task's labelled series, so that task ids that come and go do not grow memory."""
+        for metric in (self.requests, self.latency):
+            metric.remove_by_labels({"task": task_id})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

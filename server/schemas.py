@@ -50,16 +50,21 @@ class MultiPrediction(BaseModel):
 
 class TaskSummary(BaseModel):
     task_id: str
-    version: int
-    pack_version: str
-    num_classes: int
-    blocks_kept: int = Field(description="universal blocks the plan keeps")
-    blocks_total: int = Field(description="universal blocks in the backbone")
-    shared_params: int = Field(description="parameters of the kept universal blocks and stem (shared by all tasks)")
-    task_params: int = Field(description="parameters the task owns: proxies, path weights, classifier")
-    flops: int = Field(description="multiply-accumulates of one forward pass of the tailored network")
-    backbone_flops: int = Field(description="the same for the full backbone with this classifier")
-    accuracy: float | None = Field(description="test accuracy recorded in the pack (validation when absent)")
+    status: Literal["ok", "unavailable"] = Field("ok", description="'unavailable': the task is registered but "
+                                                "cannot be served (its stored pack or record is corrupt); every "
+                                                "replica says so alike, and the pack fields are null")
+    detail: str | None = Field(None, description="why an unavailable task cannot be served")
+    version: int | None = None
+    pack_version: str | None = None
+    num_classes: int | None = None
+    blocks_kept: int | None = Field(None, description="universal blocks the plan keeps")
+    blocks_total: int | None = Field(None, description="universal blocks in the backbone")
+    shared_params: int | None = Field(None, description="parameters of the kept universal blocks and stem "
+                                      "(shared by all tasks)")
+    task_params: int | None = Field(None, description="parameters the task owns: proxies, path weights, classifier")
+    flops: int | None = Field(None, description="multiply-accumulates of one forward pass of the tailored network")
+    backbone_flops: int | None = Field(None, description="the same for the full backbone with this classifier")
+    accuracy: float | None = Field(None, description="test accuracy recorded in the pack (validation when absent)")
 
 
 class VersionInfo(BaseModel):
@@ -70,6 +75,17 @@ class VersionInfo(BaseModel):
 
 
 class TaskDetail(TaskSummary):
+    """Only a servable task has a detail; an unavailable one answers 503 task_unavailable."""
+
+    version: int
+    pack_version: str
+    num_classes: int
+    blocks_kept: int
+    blocks_total: int
+    shared_params: int
+    task_params: int
+    flops: int
+    backbone_flops: int
     sha256: str
     backbone_id: str
     labels: list[str]

@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from blockstore.errors import NetTailorError
-from blockstore.stores import DEFAULT_STORE
+from blockstore.stores import DEFAULT_KEEP_VERSIONS, DEFAULT_STORE
 
 __all__ = ["ConfigError", "Settings", "get_settings", "is_loopback"]
 
@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(16_000_000, ge=1, description="largest image (width x height), checked before decoding")
     max_tasks_per_request: int = Field(16, ge=1, description="most tasks in one multi-task request")
     failure_ttl_s: float = Field(5.0, ge=0, description="how long a corrupt stored pack is remembered")
+    keep_versions: int = Field(DEFAULT_KEEP_VERSIONS, ge=1, description="versions of each task kept for rollback; "
+                               "older ones, and bytes no version references, are collected")
+    backbone_poll_s: float = Field(2.0, gt=0, description="while the store holds no (loadable) backbone, how often "
+                                   "to look for one")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""

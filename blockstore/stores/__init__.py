@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import os
 
+from ..errors import StoreConfigError
 from .base import Store, StoreEvent, Subscription, TaskRecord, VersionRecord
 from .dirstore import DirStore
+from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport
 from .redisstore import RedisStore
 
 __all__ = [
+    "DEFAULT_KEEP_VERSIONS",
     "DEFAULT_STORE",
     "DirStore",
+    "GcReport",
     "RedisStore",
     "Store",
     "StoreEvent",
@@ -23,10 +27,18 @@ __all__ = [
 DEFAULT_STORE = ".nettailor/store"
 
 
-def open_store(url: str | None = None) -> Store:
+def open_store(url: str | None = None, *, keep_versions: int | None = None) -> Store:
     """``redis://...`` (or ``rediss://``, ``unix://``) opens a RedisStore; anything else is a directory.
-    ``None`` reads ``NETTAILOR_STORE`` and falls back to ``./.nettailor/store``."""
+    ``None`` reads ``NETTAILOR_STORE`` and falls back to ``./.nettailor/store``.
+
+    ``keep_versions`` (None: ``NETTAILOR_KEEP_VERSIONS``, else 10) is how many versions of each task
+    the store keeps for rollback."""
     url = url or os.environ.get("NETTAILOR_STORE") or DEFAULT_STORE
+    if keep_versions is None:
+        raw = os.environ.get("NETTAILOR_KEEP_VERSIONS") or str(DEFAULT_KEEP_VERSIONS)
+        if not raw.isdigit() or int(raw) < 1:
+            raise StoreConfigError(f"NETTAILOR_KEEP_VERSIONS must be a whole number of versions >= 1, not {raw!r}")
+        keep_versions = int(raw)
     if url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisStore(url)
-    return DirStore(url)
+        return RedisStore(url, keep_versions=keep_versions)
+    return DirStore(url, keep_versions=keep_versions)

@@ -1,8 +1,18 @@
 """The store interface shared by RedisStore and DirStore.
 
 A store holds backbones (by id), immutable pack bytes (by SHA-256) and, per task, a record that
-points at the current pack plus the history of every version, for rollback.  Versions are integers
-that the store assigns (1, 2, ...); the pack's own ``version`` string is kept as ``pack_version``.
+points at the current pack plus the history of its last versions, for rollback.  Versions are
+integers that the store assigns (1, 2, ...); the pack's own ``version`` string is kept as
+``pack_version``.
+
+Integrity: every read of stored bytes verifies them against their address, here and nowhere else
+(:meth:`Store.get_pack_bytes`, :meth:`Store.get_backbone`).  A pack whose bytes no longer hash to
+their digest is recorded as corrupt *in the store* and announced with a ``corrupt`` event, so every
+replica, the one that found it and those that still hold a good copy in memory, refuses it alike until
+an operator registers a pack again (the same bytes repair it).
+
+Lifecycle: each task keeps its last ``keep_versions`` versions (:mod:`.lifecycle`); bytes that no
+record names are collected on delete and update, and by :meth:`Store.collect_garbage`.
 """
 
 from __future__ import annotations
@@ -15,11 +25,21 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from ..errors import BackboneNotFound, PackTaskMismatch, VersionNotFound
+from ..errors import (
+    BackboneNotFound,
+    CorruptBackbone,
+    CorruptRecord,
+    DigestMismatch,
+    NetTailorError,
+    PackNotFound,
+    PackTaskMismatch,
+    VersionNotFound,
+)
 from ..pack import PackInfo, read_pack_info
 from ..taskid import validate_task_id
+from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport, retained
 
-__all__ = ["Store", "StoreEvent", "Subscription", "TaskRecord", "VersionRecord"]
+__all__ = ["GcReport", "Store", "StoreEvent", "Subscription", "TaskRecord", "VersionRecord"]
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +69,20 @@ class TaskRecord:
 
     @classmethod
     def from_dict(cls, d: dict) -> TaskRecord:
-        hist = tuple(VersionRecord(**h) for h in d["history"])
-        return cls(d["task_id"], int(d["version"]), d["sha256"], d["backbone_id"], float(d["updated_at"]), hist)
+        """Raise CorruptRecord for anything but the shape :meth:`to_dict` writes."""
+        try:
+            hist = tuple(VersionRecord(int(h["version"]), str(h["sha256"]), str(h["backbone_id"]),
+                                       str(h["pack_version"]), float(h["registered_at"])) for h in d["history"])
+            return cls(str(d["task_id"]), int(d["version"]), str(d["sha256"]), str(d["backbone_id"]),
+                       float(d["updated_at"]), hist)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            name = d.get("task_id", "?") if isinstance(d, dict) else "?"
+            raise CorruptRecord(f"the stored record of task {name!r} is malformed ({type(e).__name__}: {e}); "
+                                "delete the task to clear it") from None
+
+    def referenced(self) -> frozenset[str]:
+        """The pack digests this record keeps alive: the current pointer and every version in history."""
+        return frozenset({self.sha256, *(h.sha256 for h in self.history)})
 
     def find(self, version: int) -> VersionRecord:
         for h in self.history:
@@ -62,7 +94,9 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class StoreEvent:
-    kind: str  # "register" | "update" | "rollback" | "delete"
+    # "register" | "update" | "rollback" | "delete"; "corrupt": a pack failed its digest check (task_id may
+    # be "*"); "repair": a registration rewrote bytes that were marked corrupt; "resync": events were lost.
+    kind: str
     task_id: str
     version: int | None = None
     sha256: str | None = None
@@ -91,15 +125,25 @@ class Subscription(ABC):
         self._thread.join(timeout=5)
 
 
-def next_record(task_id: str, old: TaskRecord | None, info: PackInfo) -> TaskRecord | None:
-    """The record after registering ``info``; None when it is already the current pack (idempotent)."""
+def next_record(task_id: str, old: TaskRecord | None, info: PackInfo,
+                keep: int = DEFAULT_KEEP_VERSIONS) -> TaskRecord | None:
+    """The record after registering ``info``, its history cut to the last ``keep`` versions; None when
+    ``info`` is already the current pack (idempotent)."""
     if old is not None and old.sha256 == info.sha256:
         return None
     now = time.time()
     version = 1 + max((h.version for h in old.history), default=0) if old else 1
     entry = VersionRecord(version, info.sha256, info.backbone_id, info.version, now)
-    history = (old.history if old else ()) + (entry,)
+    history = retained((old.history if old else ()) + (entry,), keep, pinned=(version,))
     return TaskRecord(task_id, version, info.sha256, info.backbone_id, now, history)
+
+
+def pruned(old: TaskRecord, keep: int) -> TaskRecord | None:
+    """``old`` with its history cut to the retention policy; None when nothing is dropped."""
+    history = retained(old.history, keep, pinned=(old.version,))
+    if len(history) == len(old.history):
+        return None
+    return TaskRecord(old.task_id, old.version, old.sha256, old.backbone_id, old.updated_at, history)
 
 
 def rolled_back(old: TaskRecord, version: int) -> TaskRecord:
@@ -111,6 +155,7 @@ class Store(ABC):
     """Backbones, content-addressed packs and task records; safe for concurrent processes."""
 
     url: str
+    keep_versions: int = DEFAULT_KEEP_VERSIONS
 
     # backbones
     @abstractmethod
@@ -122,20 +167,31 @@ class Store(ABC):
     @abstractmethod
     def default_backbone_id(self) -> str | None: ...
 
+    @abstractmethod
+    def list_backbones(self) -> list[str]: ...
+
     def get_backbone(self, backbone_id: str | None = None) -> bytes:
-        """Backbone bytes by id, or the default backbone's when ``backbone_id`` is None."""
+        """Backbone bytes by id, or the default backbone's when ``backbone_id`` is None, verified:
+        raise CorruptBackbone when they do not hash to their id."""
         bid = backbone_id or self.default_backbone_id()
         if bid is None:
             raise BackboneNotFound(f"store {self.url} holds no default backbone: run 'nettailor pretrain' first")
         data = self._get_backbone(bid)
         if data is None:
             raise BackboneNotFound(f"store {self.url} holds no backbone {bid[:12]}...")
+        actual = sha256_hex(data)
+        if actual != bid:
+            log.error("store %s: backbone %s... failed its SHA-256 check (the bytes hash to %s...)",
+                      self.url, bid[:12], actual[:12])
+            raise CorruptBackbone(f"the stored backbone {bid[:12]}... is corrupt: its {len(data)} bytes hash to "
+                                  f"{actual[:12]}...; store the backbone again ('nettailor pretrain' or put_backbone)")
         return data
 
     # tasks
     def register(self, task_id: str, pack: bytes) -> tuple[TaskRecord, bool]:
         """Make ``pack`` the task's current version.  Returns the record and whether it changed:
-        registering the current bytes again is a no-op."""
+        registering the current bytes again is a no-op (except that it repairs them if they were
+        marked corrupt)."""
         validate_task_id(task_id)
         info = read_pack_info(pack)
         if info.task_id != task_id:
@@ -147,25 +203,146 @@ class Store(ABC):
 
     @abstractmethod
     def get_record(self, task_id: str) -> TaskRecord:
-        """Raise TaskNotFound when the task is not registered."""
+        """Raise TaskNotFound when the task is not registered, CorruptRecord when its record is malformed."""
+
+    def get_pack_bytes(self, sha256: str, task_id: str | None = None) -> bytes:
+        """The pack stored under ``sha256``, verified.  Raise PackNotFound, or DigestMismatch when the
+        digest is marked corrupt or the bytes do not hash to it (which marks it, on every replica)."""
+        data, corrupt = self._read_pack(sha256)
+        if corrupt is not None:
+            raise DigestMismatch(f"the stored pack {sha256[:12]}... is marked corrupt: {corrupt}", sha256)
+        if data is None:
+            raise PackNotFound(f"store {self.url} holds no pack {sha256[:12]}...")
+        actual = sha256_hex(data)
+        if actual != sha256:
+            detail = (f"its {len(data)} bytes hash to {actual[:12]}..., not to their address {sha256[:12]}...; "
+                      f"register the pack again to repair it")
+            log.error("store %s: pack %s... (task %s) failed its SHA-256 check: %s", self.url, sha256[:12],
+                      task_id or "?", detail)
+            try:
+                self._mark_corrupt(sha256, detail, task_id or "*")
+            except NetTailorError as e:  # the bytes are refused all the same
+                log.warning("cannot record pack %s... as corrupt: %s", sha256[:12], e.detail)
+            raise DigestMismatch(f"the stored pack {sha256[:12]}... is corrupt: {detail}", sha256)
+        return data
 
     @abstractmethod
-    def get_pack_bytes(self, sha256: str) -> bytes:
-        """Raise PackNotFound when the store holds no such pack."""
+    def _read_pack(self, sha256: str) -> tuple[bytes | None, str | None]:
+        """The bytes stored under ``sha256`` (None: none) and its corruption mark (None: unmarked)."""
+
+    @abstractmethod
+    def _mark_corrupt(self, sha256: str, detail: str, task_id: str) -> None:
+        """Record ``sha256`` as corrupt and announce it, unless its bytes were replaced meanwhile."""
+
+    @abstractmethod
+    def corrupt_digests(self) -> dict[str, str]:
+        """Pack digests marked corrupt, with the reason."""
 
     def get_pack(self, task_id: str) -> tuple[TaskRecord, bytes]:
+        """The task's record and its current pack bytes, verified."""
         rec = self.get_record(task_id)
-        return rec, self.get_pack_bytes(rec.sha256)
+        try:
+            return rec, self.get_pack_bytes(rec.sha256, task_id)
+        except PackNotFound:
+            # The task changed or went between the two reads, and a collection took the old bytes.
+            again = self.get_record(task_id)
+            if again.sha256 == rec.sha256:
+                raise
+            return again, self.get_pack_bytes(again.sha256, task_id)
 
     @abstractmethod
     def list_tasks(self) -> list[str]: ...
 
     @abstractmethod
     def delete(self, task_id: str) -> None:
-        """Remove the task and its history.  Pack bytes stay (other tasks may share them)."""
+        """Remove the task and its history, then collect the pack bytes nothing else references."""
 
     @abstractmethod
     def rollback(self, task_id: str, version: int) -> TaskRecord: ...
+
+    # lifecycle
+    def collect_garbage(self, *, dry_run: bool = False) -> GcReport:
+        """Apply the retention policy to every task, then delete the pack bytes no record names.
+
+        With ``dry_run`` nothing changes; the report says what would go."""
+        if dry_run:
+            return self._gc_preview()
+        pruned_count = 0
+        for tid in self.list_tasks():
+            try:
+                pruned_count += self._prune(tid)
+            except NetTailorError as e:  # a task deleted meanwhile, a malformed record: its bytes are kept
+                log.warning("gc: leaving task %s as it is: %s", tid, e.detail)
+        report = self._sweep(None, dry_run=False)
+        return GcReport(False, report.tasks, pruned_count, report.packs_kept, report.packs_deleted,
+                        report.bytes_freed, report.temp_files_removed)
+
+    def _gc_preview(self) -> GcReport:
+        keep: set[str] = set()
+        tasks = pruned_count = 0
+        for tid in self.list_tasks():
+            tasks += 1
+            try:
+                rec = self.get_record(tid)
+            except CorruptRecord:
+                return self._sweep(None, dry_run=True)  # its raw record is only readable by the sweep
+            except NetTailorError:
+                continue
+            after = pruned(rec, self.keep_versions) or rec
+            pruned_count += len(rec.history) - len(after.history)
+            keep |= after.referenced()
+        sizes = self._pack_sizes()
+        gone = tuple(sorted(d for d in sizes if d not in keep))
+        return GcReport(True, tasks, pruned_count, len(sizes) - len(gone), gone, sum(sizes[d] for d in gone))
+
+    @abstractmethod
+    def _prune(self, task_id: str) -> int:
+        """Cut the task's history to ``keep_versions`` atomically; return how many entries went."""
+
+    @abstractmethod
+    def _sweep(self, candidates: set[str] | None, *, dry_run: bool) -> GcReport:
+        """Delete the bytes of ``candidates`` (None: of every stored pack) that no task record names,
+        atomically with respect to registrations (see the store's module docstring)."""
+
+    @abstractmethod
+    def _pack_sizes(self) -> dict[str, int]:
+        """Digest -> size of every stored pack."""
+
+    def _collect_quietly(self, candidates: set[str] | None) -> None:
+        """Collection after a delete or an update: a failure is logged, never raised, since the change
+        it follows has been made (the next collection picks the bytes up)."""
+        if candidates is not None and not candidates:
+            return
+        try:
+            report = self._sweep(candidates, dry_run=False)
+        except NetTailorError as e:
+            log.warning("store %s: collecting unreferenced packs failed: %s", self.url, e.detail)
+            return
+        if report.packs_deleted:
+            log.info("store %s: collected %d unreferenced pack(s), %d bytes", self.url, len(report.packs_deleted),
+                     report.bytes_freed)
+
+    def verify(self) -> dict[str, str]:
+        """Re-hash every pack a task references and every backbone; returns digest -> problem for each
+        one that fails (packs are marked corrupt as on any read)."""
+        bad: dict[str, str] = {}
+        for tid in self.list_tasks():
+            try:
+                digests = self.get_record(tid).referenced()
+            except NetTailorError as e:
+                bad[f"task:{tid}"] = e.detail
+                continue
+            for sha in sorted(digests):
+                try:
+                    self.get_pack_bytes(sha, tid)
+                except NetTailorError as e:
+                    bad[sha] = e.detail
+        for bid in self.list_backbones():
+            try:
+                self.get_backbone(bid)
+            except NetTailorError as e:
+                bad[bid] = e.detail
+        return bad
 
     @abstractmethod
     def subscribe(self, callback: Callable[[StoreEvent], None]) -> Subscription:

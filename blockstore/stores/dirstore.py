@@ -5,42 +5,62 @@ Layout::
     root/backbones/<id>.safetensors   backbone bytes
     root/backbones/DEFAULT            id of the default backbone
     root/packs/<sha256>.pack          immutable pack bytes
+    root/packs/<sha256>.corrupt       why those bytes failed their digest check (the corruption mark)
     root/tasks/<task_id>.json         TaskRecord (current pointer + history)
     root/events.log                   one JSON line per change, appended under the lock
     root/.lock                        flock serialising mutations
 
-Every file is written to a temporary name and renamed into place; pack bytes are written before
-the record that points at them, so a reader never sees a task that names missing bytes.
-Subscribers tail ``events.log``.
+Every file is written to a temporary name and renamed into place (a failed write removes its
+temporary file), so readers see whole files or none.  Subscribers tail ``events.log``.
+
+**Collection never races a registration.**  Every change of a record and every collection holds
+an exclusive ``flock`` on ``root/.lock``, so a collection's mark (reading every record) and its
+sweep (deleting the pack files no record names) see no registration in between.  A registration
+writes its pack bytes before taking the lock, to keep the lock short, and then, under the lock,
+writes them again if a collection removed them meanwhile, before it saves the record that names
+them.  So no record ever names missing bytes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import PackNotFound, StoreUnavailable, TaskNotFound
+from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
-from .base import Store, StoreEvent, Subscription, TaskRecord, next_record, rolled_back, sha256_hex
+from .base import Store, StoreEvent, Subscription, TaskRecord, next_record, pruned, rolled_back, sha256_hex
+from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport, digests_in
 
 __all__ = ["DirStore"]
 
 log = logging.getLogger(__name__)
 
+_STALE_TEMP_S = 3600.0  # a temporary file this old belongs to a write that died (a kill, a crash)
+
+
+def _is_digest(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
 
 class DirStore(Store):
-    def __init__(self, root: str | os.PathLike[str], *, poll_interval: float = 0.5) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, poll_interval: float = 0.5,
+                 keep_versions: int = DEFAULT_KEEP_VERSIONS) -> None:
+        if keep_versions < 1:
+            raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
         self.root = Path(root)
         self.url = str(self.root)
         self.poll_interval = poll_interval
+        self.keep_versions = keep_versions
         self._mutex = threading.Lock()
         try:
             for sub in ("backbones", "packs", "tasks"):
@@ -51,6 +71,7 @@ class DirStore(Store):
     # -- files -----------------------------------------------------------------------------
 
     def _write(self, path: Path, data: bytes) -> None:
+        tmp: str | None = None
         try:
             fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
             with os.fdopen(fd, "wb") as f:
@@ -58,8 +79,13 @@ class DirStore(Store):
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
-        except OSError as e:
-            raise StoreUnavailable(f"cannot write {path}: {e}") from None
+        except BaseException as e:
+            if tmp is not None:  # never leave a half-written file behind
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            if isinstance(e, OSError):
+                raise StoreUnavailable(f"cannot write {path}: {e}") from None
+            raise
 
     @staticmethod
     def _read(path: Path) -> bytes | None:
@@ -67,6 +93,8 @@ class DirStore(Store):
             return path.read_bytes()
         except FileNotFoundError:
             return None
+        except IsADirectoryError:
+            raise CorruptRecord(f"{path} should be a file but is a directory") from None
         except OSError as e:
             raise StoreUnavailable(f"cannot read {path}: {e}") from None
 
@@ -87,21 +115,28 @@ class DirStore(Store):
     def _task_path(self, task_id: str) -> Path:
         return self.root / "tasks" / f"{validate_task_id(task_id)}.json"
 
+    def _pack_path(self, sha256: str, suffix: str = ".pack") -> Path:
+        return self.root / "packs" / f"{sha256}{suffix}"
+
     # -- backbones -------------------------------------------------------------------------
 
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
         bid = sha256_hex(data)
         path = self.root / "backbones" / f"{bid}.safetensors"
-        if not path.exists():
+        old = self._read(path)
+        if old is None or sha256_hex(old) != bid:  # missing, or a rotten copy this call repairs
             self._write(path, data)
         if make_default:
             self._write(self.root / "backbones" / "DEFAULT", bid.encode())
         return bid
 
     def _get_backbone(self, backbone_id: str) -> bytes | None:
-        if len(backbone_id) != 64 or not all(c in "0123456789abcdef" for c in backbone_id):
+        if not _is_digest(backbone_id):
             return None
         return self._read(self.root / "backbones" / f"{backbone_id}.safetensors")
+
+    def list_backbones(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "backbones").glob("*.safetensors") if _is_digest(p.stem))
 
     def default_backbone_id(self) -> str | None:
         data = self._read(self.root / "backbones" / "DEFAULT")
@@ -111,24 +146,39 @@ class DirStore(Store):
 
     def _load_record(self, task_id: str) -> TaskRecord | None:
         data = self._read(self._task_path(task_id))
-        return TaskRecord.from_dict(json.loads(data)) if data else None
+        if not data:
+            return None
+        try:
+            d = json.loads(data)
+        except ValueError as e:
+            raise CorruptRecord(f"the stored record of task {task_id!r} is not JSON ({e}); "
+                                "delete the task to clear it") from None
+        return TaskRecord.from_dict(d)
 
     def _save_record(self, rec: TaskRecord) -> None:
         self._write(self._task_path(rec.task_id), json.dumps(rec.to_dict(), sort_keys=True).encode())
 
     def _register(self, task_id: str, pack: bytes, info: PackInfo) -> tuple[TaskRecord, bool]:
-        ppath = self.root / "packs" / f"{info.sha256}.pack"
+        ppath, mark = self._pack_path(info.sha256), self._pack_path(info.sha256, ".corrupt")
         if not ppath.exists():
-            self._write(ppath, pack)
+            self._write(ppath, pack)  # before the lock: a big write does not hold up other writers
         with self._locked():
             old = self._load_record(task_id)
-            new = next_record(task_id, old, info)
+            new = next_record(task_id, old, info, self.keep_versions)
+            repaired = mark.exists()
+            if repaired or not ppath.exists():  # marked corrupt, or collected since the write above
+                self._write(ppath, pack)
+                mark.unlink(missing_ok=True)
             if new is None:
                 assert old is not None
+                if repaired:
+                    self._log(StoreEvent("repair", task_id, old.version, old.sha256))
                 return old, False
             self._save_record(new)
             self._log(StoreEvent("update" if old else "register", task_id, new.version, new.sha256))
-            return new, True
+        if old is not None:
+            self._collect_quietly(set(old.referenced() - new.referenced()))
+        return new, True
 
     def get_record(self, task_id: str) -> TaskRecord:
         rec = self._load_record(task_id)
@@ -136,13 +186,29 @@ class DirStore(Store):
             raise TaskNotFound(f"task {task_id!r} is not registered")
         return rec
 
-    def get_pack_bytes(self, sha256: str) -> bytes:
-        data = None
-        if len(sha256) == 64 and all(c in "0123456789abcdef" for c in sha256):
-            data = self._read(self.root / "packs" / f"{sha256}.pack")
-        if data is None:
-            raise PackNotFound(f"store {self.url} holds no pack {sha256[:12]}...")
-        return data
+    def _read_pack(self, sha256: str) -> tuple[bytes | None, str | None]:
+        if not _is_digest(sha256):
+            return None, None
+        mark = self._read(self._pack_path(sha256, ".corrupt"))
+        if mark is not None:
+            return None, mark.decode(errors="replace")
+        return self._read(self._pack_path(sha256)), None
+
+    def _mark_corrupt(self, sha256: str, detail: str, task_id: str) -> None:
+        with self._locked():
+            data = self._read(self._pack_path(sha256))
+            if data is None or sha256_hex(data) == sha256:
+                return  # collected or repaired since the failed read
+            self._write(self._pack_path(sha256, ".corrupt"), detail.encode())
+            self._log(StoreEvent("corrupt", task_id, None, sha256))
+
+    def corrupt_digests(self) -> dict[str, str]:
+        out = {}
+        for p in (self.root / "packs").glob("*.corrupt"):
+            data = self._read(p)
+            if data is not None and _is_digest(p.stem):
+                out[p.stem] = data.decode(errors="replace")
+        return out
 
     def list_tasks(self) -> list[str]:
         try:
@@ -153,11 +219,15 @@ class DirStore(Store):
     def delete(self, task_id: str) -> None:
         path = self._task_path(task_id)
         with self._locked():
+            raw = self._read(path)
+            if raw is None:
+                raise TaskNotFound(f"task {task_id!r} is not registered")
             try:
                 path.unlink()
-            except FileNotFoundError:
-                raise TaskNotFound(f"task {task_id!r} is not registered") from None
+            except OSError as e:
+                raise StoreUnavailable(f"cannot delete {path}: {e}") from None
             self._log(StoreEvent("delete", task_id))
+        self._collect_quietly(digests_in(raw))  # read raw: a malformed record still names its packs
 
     def rollback(self, task_id: str, version: int) -> TaskRecord:
         with self._locked():
@@ -165,6 +235,56 @@ class DirStore(Store):
             self._save_record(new)
             self._log(StoreEvent("rollback", task_id, new.version, new.sha256))
             return new
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def _prune(self, task_id: str) -> int:
+        with self._locked():
+            old = self.get_record(task_id)
+            new = pruned(old, self.keep_versions)
+            if new is None:
+                return 0
+            self._save_record(new)
+            return len(old.history) - len(new.history)
+
+    def _pack_sizes(self) -> dict[str, int]:
+        sizes = {}
+        for p in (self.root / "packs").glob("*.pack"):
+            with contextlib.suppress(FileNotFoundError):
+                if _is_digest(p.stem):
+                    sizes[p.stem] = p.stat().st_size
+        return sizes
+
+    def _sweep(self, candidates: set[str] | None, *, dry_run: bool) -> GcReport:
+        with self._locked():  # no record changes between the mark and the sweep
+            referenced: set[str] = set()
+            records = list((self.root / "tasks").glob("*.json"))
+            for p in records:
+                referenced |= digests_in(self._read(p) or b"")
+            sizes = self._pack_sizes()
+            pool = sizes.keys() if candidates is None else candidates & sizes.keys()
+            gone = tuple(sorted(d for d in pool if d not in referenced))
+            temp = 0
+            if not dry_run:
+                for d in gone:
+                    self._pack_path(d).unlink(missing_ok=True)
+                    self._pack_path(d, ".corrupt").unlink(missing_ok=True)
+                if candidates is None:
+                    for p in (self.root / "packs").glob("*.corrupt"):  # marks whose bytes are gone
+                        if p.stem not in sizes:
+                            p.unlink(missing_ok=True)
+                    temp = self._remove_stale_temp_files()
+        return GcReport(dry_run, len(records), 0, len(sizes) - len(gone), gone, sum(sizes[d] for d in gone), temp)
+
+    def _remove_stale_temp_files(self) -> int:
+        n, cutoff = 0, time.time() - _STALE_TEMP_S
+        for sub in ("packs", "tasks", "backbones"):
+            for p in (self.root / sub).glob(".tmp-*"):
+                with contextlib.suppress(OSError):
+                    if p.stat().st_mtime < cutoff:
+                        p.unlink()
+                        n += 1
+        return n
 
     def ping(self) -> None:
         if not os.access(self.root / "tasks", os.R_OK | os.W_OK | os.X_OK):

@@ -28,8 +28,9 @@ async def readyz(request: Request) -> JSONResponse:
     state = request.app.state
     backbone = getattr(state, "backbone", None)
     if backbone is None:
-        body = Readiness(status="starting", detail="the universal blocks are not loaded yet")
-        return JSONResponse(body.model_dump(), status_code=503)
+        why = getattr(state, "not_ready", None) or "the universal blocks are not loaded yet"
+        body = Readiness(status="starting", detail=why)
+        return JSONResponse(body.model_dump(), status_code=503, headers={"Retry-After": "1"})
     body = Readiness(status="ready", backbone_id=backbone.backbone_id, store="ok",
                      cached_tasks=len(state.cache.cached_tasks()), queue_depth=state.batcher.depth)
     try:

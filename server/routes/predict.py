@@ -7,14 +7,15 @@ import logging
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
-from blockstore import TASK_ID_PATTERN, NetTailorError, validate_task_id
+from blockstore import NetTailorError, validate_task_id
 
 from ..deps import InferenceDep, SettingsDep
 from ..errors import error_responses
 from ..images import read_images
 from ..schemas import BatchPrediction, MultiPrediction, Prediction
+from .params import TaskId
 
 __all__ = ["router"]
 
@@ -35,7 +36,6 @@ def _image_body(field: str, many: bool) -> dict:
 
 
 _ERRORS = error_responses(404, 413, 415, 422, 503)
-TaskId = Annotated[str, Path(description=f"task id, {TASK_ID_PATTERN}")]
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
 NextTask = Annotated[str | None, Header(alias="X-NetTailor-Next-Task", description="the task this client will "
                                         "ask for next: the server may prefetch its pack")]

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Path, Request, Response
-
-from blockstore import TASK_ID_PATTERN
+from fastapi import APIRouter, Depends, Request, Response
 
 from ..deps import SettingsDep, TasksDep, require_operator
 from ..errors import BadImage, error_responses
 from ..images import read_body
 from ..schemas import Registered, RollbackRequest, TaskDetail, TaskList
+from .params import TaskId
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
-TaskId = Annotated[str, Path(description=f"task id, {TASK_ID_PATTERN}")]
 _operator = [Depends(require_operator)]
 _PACK_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}

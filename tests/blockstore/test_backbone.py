@@ -10,6 +10,8 @@ from safetensors.torch import save_file
 
 from blockstore import Backbone, BackboneConfig, BackboneError, UnsupportedFormat, WeightsUnavailable, load_backbone
 
+from ..conftest import TINY
+
 # Hand-checked against torchvision's published figures (params without the 1000-way classifier;
 # FLOPs are multiply-accumulates of convs + fc at 224 px, as torchvision's "GFLOPS" column).
 FIGURES = {
@@ -123,3 +125,11 @@ def test_torchvision_weights_offline_says_how_to_pass_a_file(monkeypatch):
         load_backbone(BackboneConfig(arch="resnet18"), "torchvision")
     with pytest.raises(BackboneError, match="stem='imagenet'"):
         load_backbone(BackboneConfig(arch="resnet18", stem="3x3s2", input_size=32), "torchvision")
+
+
+def test_spec_is_measured_at_construction_not_on_first_use(backbone):
+    """A lazily cached spec would first be computed in whatever thread asked (a server worker)."""
+    assert "spec" in vars(backbone)
+    bb = Backbone(TINY)
+    assert vars(bb)["spec"] == backbone.spec
+    assert bb.freeze().spec is bb.spec

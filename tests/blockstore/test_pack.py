@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import struct
@@ -164,3 +165,28 @@ def test_st_io_matches_the_safetensors_library():
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     assert st_io.read_metadata(data) == {"a": "b", "k": "v"}
     assert data == st_io.dumps(dict(reversed(tensors.items())), {"a": "b", "k": "v"})
+
+
+def test_a_pack_is_immutable_and_shares_no_tensor_with_its_nets(backbone, make_pack):
+    """Its SHA-256 is cached, so nothing may change what to_bytes() writes: not the fields, not the
+    containers, and not training a net built from it or the net it was made from."""
+    net = TailoredNet(backbone, Plan.full(backbone.spec, 3, bottleneck=False), 3)
+    labels = ["a", "b", "c"]
+    pack = TaskPack.from_net(net, "digits", labels, Preprocess(size=32), metrics={"val_acc": 0.5})
+    sha = pack.sha256
+    labels.append("d")  # the caller's own list
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        pack.version = "2"  # type: ignore[misc]
+    for mutate in (lambda: pack.labels.append("x"), lambda: pack.metrics.update(x=1),
+                   lambda: pack.metrics.__setitem__("x", 1), lambda: pack.labels.__setitem__(0, "z")):
+        with pytest.raises(TypeError):
+            mutate()
+    with pytest.raises(TypeError):
+        pack.tensors["x"] = torch.zeros(1)  # type: ignore[index]
+    built = pack.build(backbone)
+    with torch.no_grad():
+        for t in [*net.parameters(), *net.buffers(), *built.parameters(), *built.buffers()]:
+            t.add_(1)
+    assert pack.labels == ["a", "b", "c"] and json.loads(json.dumps(pack.metrics)) == {"val_acc": 0.5}
+    assert pack.sha256 == sha == hashlib.sha256(pack.to_bytes()).hexdigest()
+    assert dataclasses.replace(pack, version="2").version == "2"  # a new pack is how one changes

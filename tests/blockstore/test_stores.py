@@ -122,6 +122,7 @@ def test_events_reach_subscribers(store, make_pack):
 def test_concurrent_registration_storm(store, make_pack):
     """8 writers register 3 versions each of one task while a reader polls: every version lands
     exactly once, and the current pointer always names bytes that exist."""
+    store.keep_versions = 100  # this test counts every version; retention is tested in test_lifecycle.py
     packs = [[make_pack(seed=100 * w + i).to_bytes() for i in range(3)] for w in range(8)]
     errors: list[BaseException] = []
     stop = threading.Event()

@@ -155,8 +155,11 @@ def test_corrupt_stored_pack_makes_only_that_task_503(client, store, task, make_
         _err(client.post("/v1/tasks/t1/predict", content=image_bytes()), 503, "task_unavailable")
         assert client.post("/v1/tasks/t2/predict", content=image_bytes()).status_code == 200
     metrics = client.get("/metrics").text
-    assert 'nettailor_pack_load_failures_total{code="corrupt_pack"} 1.0' in metrics  # remembered, not re-read
-    assert [t["task_id"] for t in client.get("/v1/tasks").json()["tasks"]] == ["t2"]
+    assert 'nettailor_pack_load_failures_total{code="digest_mismatch"} 1.0' in metrics  # remembered, not re-read
+    assert 'nettailor_integrity_failures_total{kind="pack"} 1.0' in metrics
+    listed = {t["task_id"]: t for t in client.get("/v1/tasks").json()["tasks"]}
+    assert listed["t2"]["status"] == "ok"
+    assert listed["t1"]["status"] == "unavailable" and "corrupt" in listed["t1"]["detail"]
     _err(client.get("/v1/tasks/t1"), 503, "task_unavailable")
     # A fixed pack (a store event) brings the task back.
     r = client.put("/v1/tasks/t1", content=make_pack("t1", seed=11).to_bytes(), headers=AUTH)
