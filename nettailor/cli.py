@@ -22,7 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from trainer.cli import register as register_trainer
 
+    from .backbone_cli import register as register_backbone
+
     register_trainer(sub)
+    register_backbone(sub)
     try:
         from server.cli import register as register_server
     except ImportError:  # the serving extra is not installed

@@ -149,10 +149,11 @@ def _task(args: argparse.Namespace):
     from blockstore import validate_task_id
 
     from .data import load_task
+    from .normalization import backbone_normalization
 
     task_id = validate_task_id(args.task_id or default_task_id(args.dataset))
     work = args.work_dir or Path(".nettailor/work") / task_id
-    data = load_task(data_config(args))
+    data = load_task(data_config(args), backbone_normalization(args.store, args.backbone_id, args.backbone_file))
     log.info("%s", data.summary())
     return task_id, work, data
 

@@ -8,7 +8,7 @@ does not depend on ``train_limit``.  The test split is only ever reported, never
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,8 +83,10 @@ def normalisation(images: Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]
     return mean, std
 
 
-def make_task(name: str, raw: RawData, config: DataConfig) -> TaskData:
-    """Split ``raw`` as ``config`` says and measure the normalisation on the training split."""
+def make_task(name: str, raw: RawData, config: DataConfig,
+              normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> TaskData:
+    """Split ``raw`` as ``config`` says.  The input normalisation is ``normalization`` (the backbone's own,
+    e.g. ImageNet's, three values each even for grey images), else measured on the training split."""
     train_all = raw.train
     test = raw.test
     if test is None:  # carve a test split first, so validation never overlaps it
@@ -98,15 +100,18 @@ def make_task(name: str, raw: RawData, config: DataConfig) -> TaskData:
     val, train = train_all.subset(p[:n_val]), train_all.subset(p[n_val:])
     test = test.subset(_perm(len(test), config.seed + 2))
     train, val, test = _take(train, config.train_limit), _take(val, config.val_limit), _take(test, config.test_limit)
-    mean, std = normalisation(train.images)
+    if normalization is None:
+        mean, std = normalisation(train.images)
+    else:
+        mean, std = tuple(map(float, normalization[0])), tuple(map(float, normalization[1]))
     pre = Preprocess(size=config.size, mean=mean, std=std, channels=raw.channels)
     return TaskData(name, train, val, test, list(raw.classes), pre)
 
 
-def load_task(config: DataConfig) -> TaskData:
+def load_task(config: DataConfig, normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> TaskData:
     cache = Path(config.cache_dir) if config.cache_dir else None
     raw = load_raw(config.dataset, config.size, cache, config.seed, config.channels)
-    return make_task(config.dataset, raw, config)
+    return make_task(config.dataset, raw, config, normalization)
 
 
 def batches(data: ImageData, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None,

@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..backbone import validate_backbone_bytes
 from ..errors import PackNotFound, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
@@ -90,6 +91,7 @@ class DirStore(Store):
     # -- backbones -------------------------------------------------------------------------
 
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
+        validate_backbone_bytes(data)
         bid = sha256_hex(data)
         path = self.root / "backbones" / f"{bid}.safetensors"
         if not path.exists():
@@ -106,6 +108,12 @@ class DirStore(Store):
     def default_backbone_id(self) -> str | None:
         data = self._read(self.root / "backbones" / "DEFAULT")
         return data.decode().strip() if data else None
+
+    def list_backbones(self) -> list[str]:
+        try:
+            return sorted(p.stem for p in (self.root / "backbones").glob("*.safetensors"))
+        except OSError as e:
+            raise StoreUnavailable(f"cannot list {self.root}: {e}") from None
 
     # -- tasks -----------------------------------------------------------------------------
 

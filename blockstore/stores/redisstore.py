@@ -30,6 +30,7 @@ from redis.exceptions import RedisError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..backbone import validate_backbone_bytes
 from ..errors import PackNotFound, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
@@ -72,6 +73,7 @@ class RedisStore(Store):
     # -- backbones -------------------------------------------------------------------------
 
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
+        validate_backbone_bytes(data)
         bid = sha256_hex(data)
         with self._guard():
             self._client.set(self._k("backbone", bid), data, nx=True)
@@ -87,6 +89,11 @@ class RedisStore(Store):
         with self._guard():
             v = self._client.get(self._k("backbone-default"))
         return v.decode() if v else None  # type: ignore[union-attr]
+
+    def list_backbones(self) -> list[str]:
+        head = self._k("backbone", "")
+        with self._guard():
+            return sorted(k.decode()[len(head):] for k in self._client.scan_iter(match=f"{head}*"))
 
     # -- tasks -----------------------------------------------------------------------------
 
