@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks")
 
+    p = sub.add_parser("ready", parents=[common], help="wait until the server is ready (backbone loaded, store up)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="give up after this long (exit 4); 0 asks once (default: 30)")
+
     p = sub.add_parser("task", parents=[common], help="show one task: plan, costs, metrics and history")
     p.add_argument("task", metavar="ID", help="task id")
 
@@ -122,6 +126,10 @@ def _run(client: Client, args: argparse.Namespace) -> None:
     cmd = args.command
     if cmd == "predict":
         _predict(client, args)
+    elif cmd == "ready":
+        state = client.wait_ready(args.wait)
+        _emit(args, state, f"ready: backbone {str(state.get('backbone_id'))[:12]}, {state.get('cached_tasks')} "
+                           "cached task(s)")
     elif cmd == "tasks":
         tasks = client.list_tasks()
         _emit(args, {"tasks": [t.model_dump() for t in tasks]}, tasks_table(tasks) if tasks else "no tasks")

@@ -84,3 +84,12 @@ def test_a_session_reconnects_after_the_server_restarts(backbone, tmp_path):
         session.reconnect_timeout = 0  # a robot that would rather fail fast
         with pytest.raises(ServerUnreachable):
             session.predict(frame)
+
+
+def test_ready_command(live_server, capsys):
+    from nettailor_client.cli import EXIT_OK, EXIT_UNREACHABLE, main
+
+    assert main(["ready", "--url", live_server.url, "--wait", "10", "--json"]) == EXIT_OK
+    assert '"status": "ready"' in capsys.readouterr().out
+    assert main(["ready", "--url", f"http://127.0.0.1:{_free_port()}", "--wait", "0", "--retries", "0"]) == (
+        EXIT_UNREACHABLE)
