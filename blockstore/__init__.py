@@ -5,7 +5,18 @@ It imports neither trainer nor server.
 
 from __future__ import annotations
 
-from .backbone import ARCHS, STEMS, Backbone, BackboneConfig, BackboneSpec, BlockSpec, NodeSpec
+from .backbone import (
+    ARCHS,
+    STEMS,
+    Backbone,
+    BackboneConfig,
+    BackboneInfo,
+    BackboneSpec,
+    BlockSpec,
+    NodeSpec,
+    Normalization,
+    validate_backbone_bytes,
+)
 from .device import load_resident, resolve_device
 from .errors import (
     BackboneError,
@@ -46,15 +57,17 @@ from .stores import (
 )
 from .tailored import TailoredNet, bn_buffers_per_block
 from .taskid import TASK_ID_PATTERN, validate_task_id
-from .weights import load_backbone
+from .weights import IMAGENET_NORMALIZATION, import_backbone, load_backbone
 
 __all__ = [
-    "ARCHS", "DEFAULT_KEEP_VERSIONS", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN", "Backbone", "BackboneConfig",
-    "BackboneError", "BackboneMismatch", "BackboneNotFound", "BackboneSpec", "BlockSpec", "CorruptBackbone",
-    "CorruptPack", "CorruptRecord", "DigestMismatch", "DirStore", "GcReport", "InvalidPlan", "InvalidTaskId",
-    "LayerPlan", "NetTailorError", "NodeSpec", "NotFound", "PackError", "PackInfo", "PackNotFound",
-    "PackTaskMismatch", "Plan", "PlanCost", "Preprocess", "Proxy", "ProxySpec", "RedisStore", "Store",
-    "StoreConfigError", "StoreEvent", "StoreUnavailable", "TailoredNet", "TaskNotFound", "TaskPack", "TaskRecord",
-    "UnsupportedFormat", "VersionNotFound", "VersionRecord", "WeightsUnavailable", "bn_buffers_per_block",
-    "load_backbone", "load_resident", "open_store", "read_pack_info", "resolve_device", "validate_task_id",
+    "ARCHS", "DEFAULT_KEEP_VERSIONS", "IMAGENET_NORMALIZATION", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN",
+    "Backbone", "BackboneConfig", "BackboneError", "BackboneInfo", "BackboneMismatch", "BackboneNotFound",
+    "BackboneSpec", "BlockSpec", "CorruptBackbone", "CorruptPack", "CorruptRecord", "DigestMismatch",
+    "DirStore", "GcReport", "InvalidPlan", "InvalidTaskId", "LayerPlan", "NetTailorError", "NodeSpec",
+    "Normalization", "NotFound", "PackError", "PackInfo", "PackNotFound", "PackTaskMismatch", "Plan",
+    "PlanCost", "Preprocess", "Proxy", "ProxySpec", "RedisStore", "Store", "StoreConfigError", "StoreEvent",
+    "StoreUnavailable", "TailoredNet", "TaskNotFound", "TaskPack", "TaskRecord", "UnsupportedFormat",
+    "VersionNotFound", "VersionRecord", "WeightsUnavailable", "bn_buffers_per_block", "import_backbone",
+    "load_backbone", "load_resident", "open_store", "read_pack_info", "resolve_device",
+    "validate_backbone_bytes", "validate_task_id",
 ]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -19,7 +21,10 @@ from . import st_io
 from .errors import BackboneError, CorruptPack, UnsupportedFormat
 from .flops import count_flops, count_params
 
-__all__ = ["ARCHS", "STEMS", "Backbone", "BackboneConfig", "BackboneSpec", "BlockSpec", "NodeSpec"]
+__all__ = [
+    "ARCHS", "STEMS", "Backbone", "BackboneConfig", "BackboneInfo", "BackboneSpec", "BlockSpec", "Normalization",
+    "NodeSpec", "validate_backbone_bytes",
+]
 
 BACKBONE_FORMAT = "nettailor-backbone/1"
 ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
@@ -31,6 +36,8 @@ ARCHS: dict[str, tuple[type[BasicBlock] | type[Bottleneck], list[int]]] = {
 # imagenet: 7x7 stride-2 conv + max-pool (torchvision).  3x3s1: CIFAR-style, for 32 px inputs.
 # 3x3s2: 3x3 stride-2 conv without max-pool, a cheaper small-image stem.
 STEMS = ("imagenet", "3x3s1", "3x3s2")
+# The input normalisation a backbone's weights were trained with: per-channel (mean, std) in [0, 1] units.
+Normalization = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,61 @@ class BackboneSpec:
         return self.blocks[layer - 1].flops / self.total_flops
 
 
-class Backbone(nn.Module):
-    """A ResNet whose stem and residual blocks are the universal blocks shared by every task."""
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a backbone blob's metadata says, read without decoding its tensors."""
 
-    def __init__(self, config: BackboneConfig | None = None) -> None:
+    config: BackboneConfig
+    source: str | None
+    normalization: Normalization | None
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str]) -> BackboneInfo:
+        """Raises UnsupportedFormat when ``meta`` is not a backbone blob's, BackboneError when it is damaged."""
+        if meta.get("format") != BACKBONE_FORMAT:
+            raise UnsupportedFormat(f"not a backbone blob (format={meta.get('format')!r}, want {BACKBONE_FORMAT!r})")
+        try:
+            config = BackboneConfig(**json.loads(meta["config"]))
+            norm = json.loads(meta["normalization"]) if "normalization" in meta else None
+            norm = None if norm is None else check_normalization((norm["mean"], norm["std"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise BackboneError(f"backbone metadata is invalid: {type(e).__name__}: {e}") from None
+        return cls(config, meta.get("source"), norm)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BackboneInfo:
+        try:
+            return cls.from_metadata(st_io.read_metadata(data))
+        except CorruptPack as e:
+            raise BackboneError(f"backbone bytes are damaged: {e.detail}") from None
+
+
+def check_normalization(value: object) -> Normalization:
+    """``value`` as a :data:`Normalization`: two sequences of three finite numbers, stds positive."""
+    try:
+        pair: Any = value
+        mean, std = (tuple(float(v) for v in seq) for seq in pair)
+    except (TypeError, ValueError):
+        raise BackboneError(f"a normalisation is (mean, std) with three values each, not {value!r}") from None
+    if len(mean) != 3 or len(std) != 3 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise BackboneError(f"a normalisation needs three finite means and three positive stds, not {value!r}")
+    return mean, std  # type: ignore[return-value]
+
+
+class Backbone(nn.Module):
+    """A ResNet whose stem and residual blocks are the universal blocks shared by every task.
+
+    ``source`` (where the weights came from, e.g. ``torchvision:ResNet18_Weights.IMAGENET1K_V1``) and
+    ``normalization`` (the input mean and std the weights expect, or None) are recorded in the blob's
+    metadata; new tasks default to that normalisation.
+    """
+
+    def __init__(self, config: BackboneConfig | None = None, *, source: str | None = None,
+                 normalization: Normalization | None = None) -> None:
         super().__init__()
         self.config = config or BackboneConfig()
+        self.source = source
+        self.normalization = None if normalization is None else check_normalization(normalization)
         block, layers = ARCHS[self.config.arch]
         net = ResNet(block, layers, num_classes=self.config.num_classes)
         if self.config.stem != "imagenet":
@@ -190,8 +246,15 @@ class Backbone(nn.Module):
     # -- serialisation -------------------------------------------------------------------------
 
     def to_bytes(self) -> bytes:
-        """Deterministic safetensors bytes; their SHA-256 is the backbone's identity."""
+        """Deterministic safetensors bytes; their SHA-256 is the backbone's identity.
+
+        ``source`` and ``normalization`` are written only when set, so a backbone without them keeps
+        the bytes (and the id) it had before they existed."""
         meta = {"format": BACKBONE_FORMAT, "config": json.dumps(asdict(self.config), sort_keys=True)}
+        if self.source is not None:
+            meta["source"] = self.source
+        if self.normalization is not None:
+            meta["normalization"] = json.dumps({"mean": self.normalization[0], "std": self.normalization[1]})
         data = st_io.dumps(self.net.state_dict(), meta)
         self._id = hashlib.sha256(data).hexdigest()
         return data
@@ -206,20 +269,31 @@ class Backbone(nn.Module):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Backbone:
+        """Parse and validate a backbone blob: format, config, source, normalisation, every tensor.
+
+        Raises UnsupportedFormat for safetensors bytes that are not a backbone blob (a pack, a plain
+        state dict) and BackboneError for anything else wrong."""
         try:
             tensors, meta = st_io.loads(data)
         except CorruptPack as e:
             raise BackboneError(f"backbone bytes are damaged: {e.detail}") from None
-        if meta.get("format") != BACKBONE_FORMAT:
-            raise UnsupportedFormat(f"not a backbone blob (format={meta.get('format')!r}, want {BACKBONE_FORMAT!r})")
+        info = BackboneInfo.from_metadata(meta)
+        with torch.device("meta"):  # no random init of weights that are about to be replaced
+            bb = cls(info.config, source=info.source, normalization=info.normalization)
+        config = info.config
         try:
-            config = BackboneConfig(**json.loads(meta["config"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise BackboneError(f"backbone config metadata is invalid: {e}") from None
-        bb = cls(config)
-        try:
-            bb.net.load_state_dict(tensors, strict=True)
+            bb.net.load_state_dict(tensors, strict=True, assign=True)
         except RuntimeError as e:
             raise BackboneError(f"backbone tensors do not fit {config.arch}/{config.stem}: {e}") from None
         bb._id = hashlib.sha256(data).hexdigest()
         return bb
+
+
+def validate_backbone_bytes(data: bytes) -> Backbone:
+    """The backbone ``data`` holds, or BackboneError: what every store checks before keeping bytes
+    as a backbone, so that a ``.pth`` or a pack can never sit under a ``backbone_id``."""
+    try:
+        return Backbone.from_bytes(data)
+    except (UnsupportedFormat, BackboneError) as e:
+        raise BackboneError(f"not a NetTailor backbone blob ({e.detail}); bring weights in with "
+                            "'nettailor backbone import FILE --arch ARCH' or 'nettailor pretrain'") from None

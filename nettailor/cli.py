@@ -22,10 +22,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     from trainer.cli import register as register_trainer
 
+    from .backbone_cli import register as register_backbone
+    from .portable_cli import register as register_portable
+
     register_trainer(sub)
     from .store_cli import register as register_store
 
     register_store(sub)
+    register_backbone(sub)
+    register_portable(sub)
     try:
         from server.cli import register as register_server
     except ImportError:  # the serving extra is not installed
@@ -44,6 +49,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NetTailorError as e:
         print(f"nettailor {args.command}: error [{e.code}]: {e.detail}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:  # a path given on the command line
+        print(f"nettailor {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"nettailor {args.command}: interrupted", file=sys.stderr)

@@ -16,6 +16,7 @@ data.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -149,8 +150,9 @@ def normalisation(data: ImageData, limit: int = 10_000) -> tuple[tuple[float, ..
 
 
 def make_task(name: str, raw: RawData, config: DataConfig,
-              normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> TaskData:
-    """Split ``raw`` as ``config`` says; the normalisation is ``normalization`` or measured on train."""
+              normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> TaskData:
+    """Split ``raw`` as ``config`` says.  The input normalisation is ``normalization`` (the backbone's own,
+    e.g. ImageNet's, three values each even for grey images), else measured on the training split."""
     train_all, test, val = raw.train, raw.test, raw.val
     if test is None:  # carve a test split first, so validation never overlaps it
         p = _perm(len(train_all), config.seed + 1)
@@ -167,15 +169,15 @@ def make_task(name: str, raw: RawData, config: DataConfig,
         val = val.subset(_perm(len(val), config.seed + 3))
     test = test.subset(_perm(len(test), config.seed + 2))
     train, val, test = _take(train, config.train_limit), _take(val, config.val_limit), _take(test, config.test_limit)
-    mean, std = normalization if normalization is not None else normalisation(train)
-    if len(mean) != raw.channels:  # a colour backbone's statistics on grey data: average them
-        mean, std = (sum(mean) / len(mean),) * raw.channels, (sum(std) / len(std),) * raw.channels
-    pre = Preprocess(size=config.size, mean=tuple(mean), std=tuple(std), channels=raw.channels)
+    if normalization is None:
+        mean, std = normalisation(train)
+    else:
+        mean, std = tuple(map(float, normalization[0])), tuple(map(float, normalization[1]))
+    pre = Preprocess(size=config.size, mean=mean, std=std, channels=raw.channels)
     return TaskData(name, train, val, test, list(raw.classes), pre, config.augmentation)
 
 
-def load_task(config: DataConfig,
-              normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None) -> TaskData:
+def load_task(config: DataConfig, normalization: tuple[Sequence[float], Sequence[float]] | None = None) -> TaskData:
     cache = Path(config.cache_dir) if config.cache_dir else None
     raw = load_raw(config.dataset, config.size, cache, config.seed, config.channels)
     return make_task(config.dataset, raw, config, normalization)

@@ -168,14 +168,16 @@ class Store(ABC):
     def default_backbone_id(self) -> str | None: ...
 
     @abstractmethod
-    def list_backbones(self) -> list[str]: ...
+    def list_backbones(self) -> list[str]:
+        """The ids of every backbone the store holds, sorted."""
 
     def get_backbone(self, backbone_id: str | None = None) -> bytes:
         """Backbone bytes by id, or the default backbone's when ``backbone_id`` is None, verified:
         raise CorruptBackbone when they do not hash to their id."""
         bid = backbone_id or self.default_backbone_id()
         if bid is None:
-            raise BackboneNotFound(f"store {self.url} holds no default backbone: run 'nettailor pretrain' first")
+            raise BackboneNotFound(f"store {self.url} holds no default backbone: run 'nettailor pretrain' or "
+                                   "'nettailor backbone import SOURCE --default' first")
         data = self._get_backbone(bid)
         if data is None:
             raise BackboneNotFound(f"store {self.url} holds no backbone {bid[:12]}...")

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
@@ -121,6 +122,7 @@ class DirStore(Store):
     # -- backbones -------------------------------------------------------------------------
 
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
+        validate_backbone_bytes(data)
         bid = sha256_hex(data)
         path = self.root / "backbones" / f"{bid}.safetensors"
         old = self._read(path)
@@ -135,12 +137,15 @@ class DirStore(Store):
             return None
         return self._read(self.root / "backbones" / f"{backbone_id}.safetensors")
 
-    def list_backbones(self) -> list[str]:
-        return sorted(p.stem for p in (self.root / "backbones").glob("*.safetensors") if _is_digest(p.stem))
-
     def default_backbone_id(self) -> str | None:
         data = self._read(self.root / "backbones" / "DEFAULT")
         return data.decode().strip() if data else None
+
+    def list_backbones(self) -> list[str]:
+        try:
+            return sorted(p.stem for p in (self.root / "backbones").glob("*.safetensors") if _is_digest(p.stem))
+        except OSError as e:
+            raise StoreUnavailable(f"cannot list {self.root}: {e}") from None
 
     # -- tasks -----------------------------------------------------------------------------
 

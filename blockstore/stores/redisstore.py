@@ -44,6 +44,7 @@ from redis.exceptions import RedisError, ResponseError, WatchError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
+from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
@@ -158,6 +159,7 @@ class RedisStore(Store):
     # -- backbones -------------------------------------------------------------------------
 
     def put_backbone(self, data: bytes, *, make_default: bool = True) -> str:
+        validate_backbone_bytes(data)
         bid = sha256_hex(data)
         with self._guard():
             self._client.set(self._k("backbone", bid), data)  # same id, same bytes: rewriting repairs a rotten copy

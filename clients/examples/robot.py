@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of generated frames (default: 0)")
     ap.add_argument("--no-hint", action="store_true", help="do not announce the next task to the server")
     ap.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
+    ap.add_argument("--reconnect-timeout", type=float, default=30.0,
+                    help="after a dropped connection, wait this long for the server to be ready again; "
+                         "0 fails at once (default: 30)")
     args = ap.parse_args(argv)
     tasks = [t for t in args.tasks.split(",") if t]
     if not tasks or args.frames < 1:
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Client(args.url, token=args.token, timeout=args.timeout) as client:
             session = client.task(tasks[0])
+            session.reconnect_timeout = args.reconnect_timeout
             step = 0
             for f, frame in enumerate(frames):
                 cells, labels = [], []

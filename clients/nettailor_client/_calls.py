@@ -7,6 +7,7 @@ error mapping.  Keeping this sans-I/O is what stops ``Client`` and ``AsyncClient
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any, Generic, TypeVar
@@ -148,6 +149,31 @@ def rollback(task_id: str, version: int) -> Call[Registered]:
 
 def health() -> Call[dict[str, Any]]:
     return Call("GET", "/healthz", _json)
+
+
+# -- waiting for a server ---------------------------------------------------------------------------
+
+
+def ready() -> Call[dict[str, Any]]:
+    """``/readyz``: 200 once the universal blocks are loaded and the store answers, 503 before."""
+    return Call("GET", "/readyz", _json)
+
+
+class ReadyWait:
+    """The clock of :meth:`Client.wait_ready`: how long to sleep after each failed poll, and the
+    :class:`Timeout` once ``timeout`` seconds have passed."""
+
+    def __init__(self, base_url: str, timeout: float, interval: float) -> None:
+        if timeout < 0 or interval <= 0:
+            raise ValueError("timeout must be >= 0 and interval > 0")
+        self.base_url, self.timeout, self.interval = base_url, timeout, interval
+        self.deadline = time.monotonic() + timeout
+
+    def delay(self, error: Exception) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Timeout(f"{self.base_url} was not ready after {self.timeout:g} s; last answer: {error}") from error
+        return min(self.interval, left)
 
 
 def client_headers(token: str | None, extra: dict[str, str] | None) -> dict[str, str]:

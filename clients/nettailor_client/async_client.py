@@ -10,7 +10,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call, PackInput
-from .errors import APIError, raise_for_response
+from .errors import APIError, ServerError, TransportError, raise_for_response
 from .images import ImageInput
 from .models import BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
 from .retry import Retry
@@ -31,6 +31,7 @@ class AsyncClient:
                  headers: dict[str, str] | None = None) -> None:
         self.base_url, self.token = _calls.resolve(base_url, token)
         self.retry = Retry.coerce(retries)
+        transport = transport or httpx.AsyncHTTPTransport(retries=self.retry.connect)
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout, transport=transport,
                                        headers=_calls.client_headers(self.token, headers))
 
@@ -46,7 +47,8 @@ class AsyncClient:
     def __repr__(self) -> str:
         return f"AsyncClient({self.base_url!r})"
 
-    async def _send(self, call: Call[T]) -> T:
+    async def _send(self, call: Call[T], retry: Retry | None = None) -> T:
+        policy = retry or self.retry
         attempt = 0
         while True:
             try:
@@ -56,9 +58,9 @@ class AsyncClient:
             try:
                 raise_for_response(response)
             except APIError as e:
-                if attempt >= self.retry.max_retries or not Retry.should_retry(e):
+                if attempt >= policy.max_retries or not Retry.should_retry(e):
                     raise
-                await anyio.sleep(self.retry.delay(attempt, e))
+                await anyio.sleep(policy.delay(attempt, e))
                 attempt += 1
                 continue
             return call.parse(response)
@@ -100,3 +102,12 @@ class AsyncClient:
 
     async def health(self) -> dict[str, Any]:
         return await self._send(_calls.health())
+
+    async def wait_ready(self, timeout: float = 30.0, *, interval: float = 0.25) -> dict[str, Any]:
+        """The awaited twin of :meth:`Client.wait_ready`."""
+        wait = _calls.ReadyWait(self.base_url, timeout, interval)
+        while True:
+            try:
+                return await self._send(_calls.ready(), Retry(max_retries=0))
+            except (TransportError, ServerError) as e:
+                await anyio.sleep(wait.delay(e))

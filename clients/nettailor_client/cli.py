@@ -15,11 +15,12 @@ from typing import Any
 import httpx
 
 from . import __version__
-from ._format import PREDICTION_HEADERS, prediction_rows, table, task_detail, tasks_table
+from ._format import task_detail, tasks_table
 from .client import Client
 from .errors import APIError, ImageEncodingError, NetTailorError, TransportError
+from .folder import FORMATS, Progress, find_images, predict_files, write_all
 
-__all__ = ["EXIT_OK", "EXIT_SERVER", "EXIT_UNREACHABLE", "EXIT_USAGE", "main"]
+__all__ = ["EXIT_OK", "EXIT_SERVER", "EXIT_UNREACHABLE", "EXIT_USAGE", "add_folder_args", "main", "output_format"]
 
 EXIT_OK, EXIT_USAGE, EXIT_SERVER, EXIT_UNREACHABLE = 0, 2, 3, 4
 
@@ -49,12 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("predict", parents=[common], help="classify images with a task (or several: a,b,c)")
+    p = sub.add_parser("predict", parents=[common], help="classify images or folders with a task (or several: a,b,c)")
     p.add_argument("task", metavar="TASK", help="task id; a comma-separated list runs every task on each image")
-    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (JPEG, PNG or WebP)")
+    p.add_argument("images", metavar="PATH", nargs="+",
+                   help="image files (JPEG, PNG or WebP), folders of them, or - to read paths from stdin")
     p.add_argument("--top-k", type=int, default=5, help="labels to return per image (default: 5)")
+    add_folder_args(p)
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks")
+
+    p = sub.add_parser("ready", parents=[common], help="wait until the server is ready (backbone loaded, store up)")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="give up after this long (exit 4); 0 asks once (default: 30)")
 
     p = sub.add_parser("task", parents=[common], help="show one task: plan, costs, metrics and history")
     p.add_argument("task", metavar="ID", help="task id")
@@ -79,26 +86,50 @@ def _emit(args: argparse.Namespace, data: Any, text: str) -> None:
         print(text)
 
 
+def add_folder_args(p: argparse.ArgumentParser) -> None:
+    """Flags of folder prediction, shared with the local ``nettailor predict``."""
+    g = p.add_argument_group("folders and output")
+    g.add_argument("--recursive", "-r", action="store_true", help="also look for images in subfolders")
+    g.add_argument("--batch-size", type=int, default=32,
+                   help="images per request, at most the server's NETTAILOR_MAX_BATCH (default: 32)")
+    g.add_argument("--concurrency", type=int, default=4, help="requests in flight at once (default: 4)")
+    g.add_argument("--format", choices=FORMATS, default=None,
+                   help="table (default), csv or jsonl (one JSON object per image and task, streamed)")
+    g.add_argument("--quiet", "-q", action="store_true", help="no progress bar (it is shown only on a terminal)")
+
+
+def output_format(args: argparse.Namespace) -> str:
+    return args.format or ("json" if getattr(args, "json", False) else "table")
+
+
 def _predict(client: Client, args: argparse.Namespace) -> None:
     tasks = [t for t in args.task.split(",") if t]
-    out: list[dict[str, Any]] = []
-    rows: list[list[Any]] = []
-    for image in args.images:
-        if len(tasks) == 1:
-            preds = [client.predict(tasks[0], image, top_k=args.top_k)]
-        else:
-            multi = client.predict_multi(image, tasks, top_k=args.top_k)
-            preds = [multi.results[t] for t in tasks if t in multi.results]
-        for p in preds:
-            out.append({"image": image, **p.model_dump()})
-            rows += prediction_rows(image, p)
-    _emit(args, out, table(PREDICTION_HEADERS, rows))
+    files = find_images(args.images, recursive=args.recursive)
+    if not files:
+        raise FileNotFoundError(f"no JPEG, PNG or WebP images in {' '.join(args.images)}")
+    progress = Progress(len(files), enabled=False if args.quiet else None)
+    try:
+        results = predict_files(client, tasks, files, batch_size=args.batch_size, concurrency=args.concurrency,
+                                top_k=args.top_k, on_progress=progress.update)
+        errors = write_all(results, output_format(args))
+    finally:
+        progress.close()
+    if errors:
+        raise _SomeFilesFailed(f"{errors} of {len(files) * len(tasks)} predictions failed (see the error column)")
+
+
+class _SomeFilesFailed(Exception):
+    pass
 
 
 def _run(client: Client, args: argparse.Namespace) -> None:
     cmd = args.command
     if cmd == "predict":
         _predict(client, args)
+    elif cmd == "ready":
+        state = client.wait_ready(args.wait)
+        _emit(args, state, f"ready: backbone {str(state.get('backbone_id'))[:12]}, {state.get('cached_tasks')} "
+                           "cached task(s)")
     elif cmd == "tasks":
         tasks = client.list_tasks()
         _emit(args, {"tasks": [t.model_dump() for t in tasks]}, tasks_table(tasks) if tasks else "no tasks")
@@ -140,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _run(client, args)
     except APIError as e:
         return _fail(args, EXIT_SERVER, e.code or "http_error", e, "server error", status=e.status)
+    except _SomeFilesFailed as e:
+        return _fail(args, EXIT_SERVER, "some_files_failed", e)
     except TransportError as e:
         return _fail(args, EXIT_UNREACHABLE, "unreachable", e)
     except (OSError, ImageEncodingError, ValueError, httpx.InvalidURL) as e:

@@ -10,7 +10,7 @@ import httpx
 
 from . import _calls
 from ._calls import Call, PackInput
-from .errors import APIError, raise_for_response
+from .errors import APIError, ServerError, TransportError, raise_for_response
 from .images import ImageInput
 from .models import BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
 from .retry import Retry
@@ -36,6 +36,7 @@ class Client:
                  headers: dict[str, str] | None = None) -> None:
         self.base_url, self.token = _calls.resolve(base_url, token)
         self.retry = Retry.coerce(retries)
+        transport = transport or httpx.HTTPTransport(retries=self.retry.connect)
         self._http = httpx.Client(base_url=self.base_url, timeout=timeout, transport=transport,
                                   headers=_calls.client_headers(self.token, headers))
 
@@ -51,7 +52,8 @@ class Client:
     def __repr__(self) -> str:
         return f"Client({self.base_url!r})"
 
-    def _send(self, call: Call[T]) -> T:
+    def _send(self, call: Call[T], retry: Retry | None = None) -> T:
+        policy = retry or self.retry
         attempt = 0
         while True:
             try:
@@ -61,9 +63,9 @@ class Client:
             try:
                 raise_for_response(response)
             except APIError as e:
-                if attempt >= self.retry.max_retries or not Retry.should_retry(e):
+                if attempt >= policy.max_retries or not Retry.should_retry(e):
                     raise
-                time.sleep(self.retry.delay(attempt, e))
+                time.sleep(policy.delay(attempt, e))
                 attempt += 1
                 continue
             return call.parse(response)
@@ -112,3 +114,14 @@ class Client:
     def health(self) -> dict[str, Any]:
         """``/healthz``: succeeds while the server process lives."""
         return self._send(_calls.health())
+
+    def wait_ready(self, timeout: float = 30.0, *, interval: float = 0.25) -> dict[str, Any]:
+        """Poll ``/readyz`` until the server is ready (backbone loaded, store reachable) and return its
+        answer; raise :class:`~nettailor_client.Timeout` after ``timeout`` seconds.  A server that is not
+        listening yet, or answers 503 while it starts, is polled again every ``interval`` seconds."""
+        wait = _calls.ReadyWait(self.base_url, timeout, interval)
+        while True:
+            try:
+                return self._send(_calls.ready(), Retry(max_retries=0))
+            except (TransportError, ServerError) as e:
+                time.sleep(wait.delay(e))

@@ -1,7 +1,10 @@
 """When and how long to wait before sending a request again.
 
-Only overload answers are retried: ``Overloaded`` (429, or 503 ``overloaded``) and a bare 503 with
-no error code (a load balancer or a replica that is starting).  The server rejects those before doing
+Two layers.  Connections that cannot be opened (refused, reset while connecting, DNS hiccups) are
+retried by httpx's own transport (``httpx.HTTPTransport(retries=connect)``, exponential backoff from
+0.5 s): nothing was sent, so that is safe for every call.  Then overload answers are retried here:
+``Overloaded`` (429, or 503 ``overloaded``) and a bare 503 with no error code (a load balancer or a
+replica that is starting).  The server rejects those before doing
 any work, so a retry is safe for every method.  A ``Retry-After`` header wins over the exponential
 backoff; both are capped by ``max_delay`` so that a confused server cannot park a robot for an hour.
 """
@@ -28,9 +31,10 @@ class Retry:
     backoff: float = 0.25
     max_delay: float = 30.0
     jitter: float = 0.1
+    connect: int = 3  # connection attempts retried by the httpx transport (0.5 s, 1 s, 2 s apart)
 
     def __post_init__(self) -> None:
-        if self.max_retries < 0 or self.backoff < 0 or self.max_delay < 0 or self.jitter < 0:
+        if min(self.max_retries, self.backoff, self.max_delay, self.jitter, self.connect) < 0:
             raise ValueError(f"Retry values must be >= 0: {self}")
 
     @classmethod
@@ -39,7 +43,7 @@ class Retry:
             return cls()
         if isinstance(value, Retry):
             return value
-        return cls(max_retries=int(value))
+        return cls(max_retries=int(value), connect=int(value))
 
     @staticmethod
     def should_retry(exc: APIError) -> bool:

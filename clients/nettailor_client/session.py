@@ -10,7 +10,10 @@
         print(t.last.latency_ms, t.last.switched)
 
 A session never opens connections of its own: every call goes through its client's pool, so a robot
-that runs tasks one after another keeps one TCP connection alive.  Each call is recorded (wall-clock
+that runs tasks one after another keeps one TCP connection alive.  When that connection drops (the
+server restarts, a cable is pulled) the session waits up to ``reconnect_timeout`` seconds for the
+server to be ready again (``wait_ready``) and sends the prediction once more, which is safe because a
+prediction changes nothing; ``reconnects`` counts how often that happened.  Each call is recorded (wall-clock
 latency as seen by the robot, whether it followed a switch, and the server's own total), in a bounded
 history, so that switch latency can be watched on a robot that runs for days.
 """
@@ -22,6 +25,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from .errors import ServerUnreachable, Timeout
 from .images import ImageInput
 from .models import Prediction
 
@@ -42,8 +46,10 @@ class CallRecord:
 
 
 class _SessionState:
-    def __init__(self, task_id: str, history: int) -> None:
+    def __init__(self, task_id: str, history: int, reconnect_timeout: float | None) -> None:
         self.task_id = task_id
+        self.reconnect_timeout = reconnect_timeout  # None or 0: a dropped connection raises at once
+        self.reconnects = 0
         self.records: deque[CallRecord] = deque(maxlen=history)
         self._switched = True  # the first call is a switch onto this task
         self._hint: str | None = None
@@ -73,8 +79,9 @@ class _SessionState:
 class TaskSession(_SessionState):
     """Created by :meth:`Client.task`; pins a current task for :meth:`predict`."""
 
-    def __init__(self, client: Client, task_id: str, history: int = 1024) -> None:
-        super().__init__(task_id, history)
+    def __init__(self, client: Client, task_id: str, history: int = 1024,
+                 reconnect_timeout: float | None = 30.0) -> None:
+        super().__init__(task_id, history, reconnect_timeout)
         self.client = client
 
     def __enter__(self) -> TaskSession:
@@ -98,7 +105,17 @@ class TaskSession(_SessionState):
     def predict(self, image: ImageInput, *, top_k: int = 5) -> Prediction:
         hint = self._take_hint()
         started = time.perf_counter()
-        result = self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
+        try:
+            result = self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
+        except ServerUnreachable as e:
+            if not self.reconnect_timeout:
+                raise
+            try:
+                self.client.wait_ready(self.reconnect_timeout)
+            except Timeout:
+                raise e from None  # still unreachable: the drop is the error worth reporting
+            self.reconnects += 1
+            result = self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
         self._record(started, result, hint)
         return result
 
@@ -106,8 +123,9 @@ class TaskSession(_SessionState):
 class AsyncTaskSession(_SessionState):
     """Created by :meth:`AsyncClient.task`; the awaited twin of :class:`TaskSession`."""
 
-    def __init__(self, client: AsyncClient, task_id: str, history: int = 1024) -> None:
-        super().__init__(task_id, history)
+    def __init__(self, client: AsyncClient, task_id: str, history: int = 1024,
+                 reconnect_timeout: float | None = 30.0) -> None:
+        super().__init__(task_id, history, reconnect_timeout)
         self.client = client
 
     async def __aenter__(self) -> AsyncTaskSession:
@@ -129,6 +147,16 @@ class AsyncTaskSession(_SessionState):
     async def predict(self, image: ImageInput, *, top_k: int = 5) -> Prediction:
         hint = self._take_hint()
         started = time.perf_counter()
-        result = await self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
+        try:
+            result = await self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
+        except ServerUnreachable as e:
+            if not self.reconnect_timeout:
+                raise
+            try:
+                await self.client.wait_ready(self.reconnect_timeout)
+            except Timeout:
+                raise e from None  # still unreachable: the drop is the error worth reporting
+            self.reconnects += 1
+            result = await self.client.predict(self.task_id, image, top_k=top_k, next_task=hint)
         self._record(started, result, hint)
         return result

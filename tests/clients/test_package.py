@@ -33,7 +33,7 @@ def test_exported_members() -> None:
     for name in nettailor_client.__all__:
         assert hasattr(nettailor_client, name), name
     exported = {n for n in dir(nettailor_client) if not n.startswith("_")}
-    modules = {"async_client", "cli", "client", "errors", "images", "models", "retry", "session"}
+    modules = {"async_client", "cli", "client", "errors", "folder", "images", "models", "retry", "session"}
     assert exported - modules - set(nettailor_client.__all__) <= {"annotations"}
 
 

@@ -41,6 +41,6 @@ def test_robot_fails_loudly(live_server) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    r = _robot("--url", f"http://127.0.0.1:{port}", "--tasks", "a,b,c", "--frames", "1")
+    r = _robot("--url", f"http://127.0.0.1:{port}", "--tasks", "a,b,c", "--frames", "1", "--reconnect-timeout", "0.5")
     assert r.returncode == 1
     assert "ServerUnreachable" in r.stderr

@@ -168,3 +168,18 @@ def test_openapi_documents_bodies_and_errors(client) -> None:
     assert "application/octet-stream" in put["requestBody"]["content"] and "201" in put["responses"]
     assert put["security"]
     assert client.get("/docs").status_code == 200
+
+
+def test_photos_are_turned_upright_by_their_exif_orientation(client, store, make_pack) -> None:
+    from tests.exif_images import rotated_jpeg, upright_png
+
+    store.register("digits", make_pack(num_classes=5).to_bytes())
+    jpeg = rotated_jpeg(6)
+
+    def probs(img: bytes) -> list[float]:
+        r = client.post("/v1/tasks/digits/predict?top_k=5", content=img)
+        assert r.status_code == 200, r.text
+        return [p["prob"] for p in sorted(r.json()["predictions"], key=lambda p: p["index"])]
+
+    assert probs(jpeg) == probs(upright_png(jpeg))
+    assert probs(jpeg) != probs(upright_png(jpeg, apply_exif=False))

@@ -142,3 +142,24 @@ def test_unreadable_images_are_skipped_with_a_warning(tmp_path, caplog):
     raw = load_raw(f"folder:{tmp_path / 'imgs'}", 16)
     assert len(raw.train) == 12
     assert "unreadable" in caplog.text
+
+
+def test_folder_images_are_turned_upright_by_their_exif_orientation(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from blockstore import Preprocess
+    from tests.exif_images import rotated_jpeg, upright_png
+    from trainer.datasets import load_raw
+
+    for cls, orientation in (("a", 6), ("b", 8)):
+        (tmp_path / cls).mkdir()
+        (tmp_path / cls / "photo.jpg").write_bytes(rotated_jpeg(orientation))
+    raw = load_raw(f"folder:{tmp_path}", size=32, cache_dir=None)
+    pre = Preprocess(32, (0.5,) * 3, (0.5,) * 3, channels=3)
+    for i, orientation in enumerate((6, 8)):
+        jpeg = rotated_jpeg(orientation)
+        assert torch.equal(raw.train.images[i], pre.to_uint8(Image.open(io.BytesIO(upright_png(jpeg)))))
+        assert not torch.equal(raw.train.images[i],
+                               pre.to_uint8(Image.open(io.BytesIO(upright_png(jpeg, apply_exif=False)))))
