@@ -38,7 +38,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     n = args.batch_size * args.steps
     data = make_task("synthetic", synthetic(10, 32, n_train=n + n // 9 + 1, n_test=512), DataConfig("synthetic"))
-    common = {"batch_size": args.batch_size, "max_steps": args.steps, "progress": False, "epochs": 1}
+    common = {"batch_size": args.batch_size, "steps": args.steps, "progress": False, "patience": None}
     rows = []
     for stem in args.stems:
         torch.manual_seed(0)

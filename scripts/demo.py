@@ -4,14 +4,15 @@
     make demo DEMO_ARGS=--keep-serving
     NETTAILOR_STORE=redis://127.0.0.1:6379/0 make demo
 
-Steps: check the environment and data; pre-train the universal backbone on Fashion-MNIST (or reuse
-it); tailor three MNIST tasks of different difficulty (or reuse them); publish them to the store;
-start `nettailor serve`; query every task with the SDK on real test images, run the robot example;
-print a summary and stop the server (unless --keep-serving).
+Steps: check the environment and data; pre-train the universal backbone with the default recipe of
+`nettailor pretrain` (Fashion-MNIST plus generated colour shapes, on 60k images) or reuse it; tailor
+three MNIST tasks of different difficulty with default budgets (or reuse them); publish them to the
+store; start `nettailor serve`; query every task with the SDK on real test images, run the robot
+example; print a summary (a task outside its tolerance is flagged there) and stop the server (unless
+--keep-serving).
 
 Choice of stem: the ImageNet stem (7x7 stride 2 + max-pool) trains about 3x faster at 32 px than
-the 3x3 stride-2 stem on this 2-core CPU, which is what fits the demo's 15-minute budget; the
-benchmark (bench/trainer_bench.py) uses the reference's 3x3 stride-2 stem.
+the 3x3 stride-2 stem on this 2-core CPU, which is what fits the demo's 15-minute budget.
 """
 
 from __future__ import annotations

@@ -208,6 +208,7 @@ _BY_CODE: dict[str, type[APIError]] = {
     "unsupported_format": UnsupportedFormat,
     "pack_task_mismatch": PackTaskMismatch,
     "task_unavailable": TaskUnavailable,
+    "corrupt_record": TaskUnavailable,  # that task's stored record is damaged: the task cannot be served
     "store_unavailable": StoreUnavailable,
     "overloaded": Overloaded,
 }

@@ -28,7 +28,6 @@ from nettailor_client import (
     PayloadTooLarge,
     ServerError,
     ServerUnreachable,
-    StoreUnavailable,
     TaskNotFound,
     TaskUnavailable,
     Timeout,
@@ -132,12 +131,13 @@ def test_task_unavailable(live_server, client: Client) -> None:
         client.delete("broken")
 
 
-def test_store_unavailable(live_server, client: Client) -> None:
-    # A record the DirStore cannot read (a directory where its JSON file should be) is an I/O error.
+def test_corrupt_record_is_that_task_unavailable(live_server, client: Client) -> None:
+    # A record the DirStore cannot read (a directory where its JSON file should be) is a corrupt record:
+    # that task is unavailable, the others keep serving.
     bad = live_server.root / "tasks" / "unreadable.json"
     bad.mkdir()
     try:
-        _expect(StoreUnavailable, 503, "store_unavailable", client.predict, "unreadable", png())
+        _expect(TaskUnavailable, 503, "corrupt_record", client.predict, "unreadable", png())
     finally:
         bad.rmdir()
 
