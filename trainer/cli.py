@@ -165,6 +165,13 @@ def _task(args: argparse.Namespace, backbone):
     return task_id, work, data
 
 
+def is_main() -> bool:
+    """Rank 0, or the only process (imported lazily: ``nettailor --help`` must not import torch)."""
+    from .distributed import is_main as main_rank
+
+    return main_rank()
+
+
 def _print(obj: object) -> None:
     print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
@@ -188,6 +195,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     args.work_dir.mkdir(parents=True, exist_ok=True)
     ckpt = args.work_dir / f"{args.arch}-{args.stem}.ckpt.safetensors"
     bb, metrics = pretrain(data, config, ckpt)
+    if not is_main():  # under torchrun, rank 0 stores the backbone
+        return 0
     blob = bb.to_bytes()
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +220,8 @@ def _teacher(args: argparse.Namespace) -> int:
     _, work, data = _task(args, bb)
     work.mkdir(parents=True, exist_ok=True)
     teacher, metrics = train_teacher(bb, data, config, work / "teacher.ckpt.safetensors")
+    if not is_main():
+        return 0
     (work / "teacher.safetensors").write_bytes(teacher.to_bytes())
     write_json(work / "teacher.json", metrics)
     (work / "teacher.ckpt.safetensors").unlink(missing_ok=True)
@@ -228,6 +239,8 @@ def _student(args: argparse.Namespace) -> int:
     task_id, work, data = _task(args, bb)
     teacher = load_teacher(work / "teacher.safetensors", bb, data.num_classes)
     net, metrics = train_student(bb, teacher, data, config, work / "student.ckpt.safetensors")
+    if not is_main():
+        return 0
     save_net(work / "student.pack", net, task_id, data.classes, data.preprocess, _brief(metrics))
     write_json(work / "student.json", metrics)
     (work / "student.ckpt.safetensors").unlink(missing_ok=True)
@@ -264,6 +277,8 @@ def _finetune(args: argparse.Namespace) -> int:
         raise ConfigError(f"the pruned pack's labels {pack.labels[:5]} are not the data set's {data.classes[:5]}")
     teacher = load_teacher(work / "teacher.safetensors", bb, data.num_classes)
     metrics = finetune(net, teacher, data, config, work / "finetune.ckpt.safetensors")
+    if not is_main():
+        return 0
     out = args.output or work / "finetuned.pack"
     metrics |= cost_metrics(net.plan, bb, data.num_classes)
     save_net(out, net, task_id, data.classes, data.preprocess, _brief(metrics))
@@ -291,6 +306,8 @@ def _tailor(args: argparse.Namespace) -> int:
         threshold=args.threshold, sweep=parse_sweep(args.sweep), tolerance=args.tolerance, version=args.version,
     )
     result = tailor(bb, data, config, work)
+    if not is_main():  # under torchrun, rank 0 writes and publishes
+        return 0
     out = args.out or Path("runs") / task_id / f"{task_id}.pack"
     out.parent.mkdir(parents=True, exist_ok=True)
     blob = result.pack.to_bytes()

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,7 @@ from tqdm.auto import tqdm
 
 from blockstore import Preprocess, resolve_device
 
+from .distributed import init_from_env, is_main, rank_world
 from .errors import ConfigError, TrainerError
 
 __all__ = [
@@ -117,15 +119,24 @@ def seed_everything(seed: int) -> None:
 
 
 def select_device(name: str | None) -> torch.device:
-    return resolve_device(name)
+    """The training device; under torchrun also joins the process group (each rank on its own GPU)."""
+    dev = resolve_device(name)
+    if dev.type == "cuda" and dev.index is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    init_from_env(dev)
+    return dev
 
 
 class StepBatches(Sampler[list[int]]):
     """Batches of indices for steps ``start..total-1``: step t takes its slice of the epoch-seeded
-    permutation, so the batches are a pure function of (seed, step) and resuming skips nothing."""
+    permutation, so the batches are a pure function of (seed, step) and resuming skips nothing.  With
+    ``world`` processes (torchrun), rank r takes every world-th index of each global batch: the sampler
+    is a DistributedSampler whose shards add up to the one-process batches."""
 
-    def __init__(self, n: int, batch_size: int, total: int, seed: int, start: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, total: int, seed: int, start: int = 0, rank: int = 0,
+                 world: int = 1) -> None:
         self.n, self.batch_size, self.total, self.seed, self.start = n, batch_size, total, seed, start
+        self.rank, self.world = rank, world
         self.per_epoch = max(1, n // batch_size) if n >= batch_size else 1
 
     def __len__(self) -> int:
@@ -139,7 +150,7 @@ class StepBatches(Sampler[list[int]]):
                 epoch = e
                 perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + e))
             assert perm is not None
-            yield perm[i * self.batch_size : (i + 1) * self.batch_size].tolist()
+            yield perm[i * self.batch_size : (i + 1) * self.batch_size][self.rank :: self.world].tolist()
 
 
 @torch.no_grad()
@@ -256,13 +267,15 @@ def fit(model: nn.Module, groups: list[dict], data: Dataset, pre: Preprocess, co
     st = _load_ckpt(checkpoint, model, opt, key) if checkpoint is not None and checkpoint.is_file() else _State()
     if st.step:
         log.info("%s: resuming at step %d/%d from %s", desc, st.step, total, checkpoint)
-    loader = DataLoader(data, batch_sampler=StepBatches(n, config.batch_size, total, config.seed, st.step),
+    rank, world = rank_world()
+    loader = DataLoader(data, batch_sampler=StepBatches(n, config.batch_size, total, config.seed, st.step, rank, world),
                         num_workers=config.workers, persistent_workers=False)
     sums: dict[str, float] = {}
     seen = correct = 0
     reason = "budget"
     t0 = time.perf_counter()
-    bar = tqdm(total=total, initial=st.step, desc=desc, disable=not config.progress, leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, initial=st.step, desc=desc, disable=not config.progress or rank > 0, leave=False,
+               dynamic_ncols=True)
     model.train()
     for imgs, labels in loader:
         t = st.step
@@ -293,7 +306,7 @@ def fit(model: nn.Module, groups: list[dict], data: Dataset, pre: Preprocess, co
             reason = "early_stop"
         log.info("%s step %d/%d: %s (%.0f s)", desc, st.step, total,
                  ", ".join(f"{k} {v:.4f}" for k, v in check.items() if isinstance(v, float)), time.perf_counter() - t0)
-        if checkpoint is not None:
+        if checkpoint is not None and is_main():
             _save_ckpt(checkpoint, model, opt, st, key)
         if reason != "budget":
             break

@@ -16,6 +16,7 @@ from torch import Tensor
 from blockstore import ARCHS, STEMS, Backbone, BackboneConfig
 
 from .data import TaskData
+from .distributed import data_parallel
 from .engine import TrainConfig, evaluate, fit, seed_everything, select_device
 from .errors import ConfigError
 
@@ -50,8 +51,10 @@ def pretrain(data: TaskData, config: PretrainConfig, checkpoint: Path | None = N
     torch.manual_seed(config.seed)
     net = Backbone(bb_config).to(device)
 
+    runner = data_parallel(net)
+
     def step(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
-        logits = net(x)
+        logits = runner(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach())}, logits
 

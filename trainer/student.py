@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from blockstore import Backbone, Plan, TailoredNet
 
 from .data import TaskData
+from .distributed import data_parallel
 from .engine import TrainConfig, evaluate, fit, seed_everything, select_device
 from .errors import ConfigError
 from .losses import InputExclusion, distillation, expected_complexity, path_complexities
@@ -148,6 +149,17 @@ def student_forward(net: TailoredNet, x: Tensor) -> tuple[Tensor, list[Tensor | 
     return net.classify(last), local
 
 
+class _StudentStep(nn.Module):
+    """:func:`student_forward` as a module, so DistributedDataParallel can wrap it under torchrun."""
+
+    def __init__(self, net: TailoredNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor | None]]:
+        return student_forward(self.net, x)
+
+
 def _train(net: TailoredNet, teacher: Backbone, data: TaskData, config: TrainConfig, gamma1: float,
            gamma2: float, input_exclusion: InputExclusion, alpha_lr_scale: float, desc: str,
            checkpoint: Path | None) -> dict:
@@ -156,8 +168,10 @@ def _train(net: TailoredNet, teacher: Backbone, data: TaskData, config: TrainCon
     teacher.to(device).eval()
     complexity = path_complexities(net)
 
+    runner = data_parallel(_StudentStep(net))
+
     def step(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
-        logits, local = student_forward(net, x)
+        logits, local = runner(x)
         ce = F.cross_entropy(logits, y)
         with torch.no_grad():
             t_nodes, t_logits = teacher_forward(teacher, x)

@@ -26,6 +26,7 @@ from typing import TypeVar
 from blockstore import Backbone, Plan, TailoredNet, TaskPack, validate_task_id
 
 from .data import TaskData
+from .distributed import barrier, is_main
 from .engine import fingerprint
 from .errors import ConfigError
 from .export import cost_metrics, load_net, make_pack, save_net, write_json
@@ -120,8 +121,10 @@ def cached_stage(work_dir: Path, name: str, key: str, run: Callable[[Path], tupl
     ckpt = work_dir / f"{name}.ckpt.safetensors"
     result, metrics = run(ckpt)
     meta = {"key": key, **metrics}
-    write_json(meta_path, meta)
-    ckpt.unlink(missing_ok=True)
+    if is_main():  # under torchrun only rank 0 writes; the others wait until it has
+        write_json(meta_path, meta)
+        ckpt.unlink(missing_ok=True)
+    barrier()
     return result, meta
 
 
@@ -130,7 +133,8 @@ def _teacher(backbone: Backbone, data: TaskData, config: TailorConfig, work: Pat
 
     def run(ckpt: Path) -> tuple[Backbone, dict]:
         teacher, m = train_teacher(backbone, data, config.teacher, ckpt)
-        (work / "teacher.safetensors").write_bytes(teacher.to_bytes())
+        if is_main():
+            (work / "teacher.safetensors").write_bytes(teacher.to_bytes())
         return teacher, m
 
     teacher, meta = cached_stage(work, "teacher", key, run,
@@ -143,7 +147,8 @@ def _student(backbone: Backbone, teacher: Backbone, data: TaskData, config: Tail
              teacher_key: str) -> tuple[TailoredNet, dict]:
     def run(ckpt: Path) -> tuple[TailoredNet, dict]:
         student, m = train_student(backbone, teacher, data, config.student, ckpt)
-        save_net(work / "student.pack", student, config.task_id, data.classes, data.preprocess)
+        if is_main():
+            save_net(work / "student.pack", student, config.task_id, data.classes, data.preprocess)
         return student, m
 
     student, meta = cached_stage(work, "student", fingerprint(config.student, teacher_key), run,
@@ -179,7 +184,8 @@ def _sweep(backbone: Backbone, teacher: Backbone, student: TailoredNet, data: Ta
         def run(ckpt: Path, n: int = n, plan: str = point.plan) -> tuple[TailoredNet, dict]:
             net = student.with_plan(Plan.from_json(plan))
             m = finetune(net, teacher, data, config.finetune, ckpt, desc=f"finetune n={n}")
-            save_net(work / "sweep" / f"n{n}.pack", net, config.task_id, data.classes, data.preprocess)
+            if is_main():
+                save_net(work / "sweep" / f"n{n}.pack", net, config.task_id, data.classes, data.preprocess)
             return net, m
 
         net, meta = cached_stage(work / "sweep", f"n{n}", key, run, lambda p: load_net(p, backbone)[0],

@@ -17,6 +17,7 @@ from torch import Tensor
 from blockstore import Backbone, BackboneError
 
 from .data import TaskData
+from .distributed import data_parallel
 from .engine import TrainConfig, evaluate, fit, seed_everything, select_device
 from .errors import CheckpointError
 
@@ -67,8 +68,10 @@ def train_teacher(backbone: Backbone, data: TaskData, config: TeacherConfig,
     teacher = make_teacher(backbone.to(device), data.num_classes, config.seed)
     pre = data.preprocess
 
+    runner = data_parallel(teacher)
+
     def step(x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, float], Tensor]:
-        logits = teacher(x)
+        logits = runner(x)
         loss = F.cross_entropy(logits, y)
         return loss, {"ce": float(loss.detach())}, logits
 
