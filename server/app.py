@@ -19,9 +19,11 @@ from blockstore import Backbone, BackboneMismatch, Store, load_resident, open_st
 
 from .batching import Batcher
 from .cache import PackCache
+from .drain import Drain, DrainMiddleware
 from .errors import install_error_handlers
 from .executor import Executor
 from .inference import Inference
+from .logs import RequestLogMiddleware
 from .metrics import Metrics
 from .routes import ops_router, predict_router, tasks_router
 from .settings import Settings, get_settings
@@ -94,6 +96,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     app.state.backbone = None
+    app.state.drain = Drain()
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    app.add_middleware(RequestLogMiddleware, access_log=settings.log_format == "json")  # outermost: ids on all
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.include_router(predict_router)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -53,6 +54,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(16_000_000, ge=1, description="largest image (width x height), checked before decoding")
     max_tasks_per_request: int = Field(16, ge=1, description="most tasks in one multi-task request")
     failure_ttl_s: float = Field(5.0, ge=0, description="how long a corrupt stored pack is remembered")
+    log_format: Literal["text", "json"] = Field("text", description="'json': one JSON object per log line, with "
+                                                "request ids and a structured access log ('nettailor serve')")
+    drain_s: float = Field(5.0, ge=0, description="on SIGTERM, seconds to keep serving with /readyz at 503 before "
+                           "closing the listener; in-flight requests then finish ('nettailor serve')")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""
