@@ -50,7 +50,7 @@ def nettailor_serve(store_root: Path, tmp_path: Path, *flags: str, scheme: str =
                                  str(port), *flags], cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     served = Served(proc, f"{scheme}://127.0.0.1:{port}", log, verify)
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 300  # a generous bound: CI machines are shared
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"nettailor serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
