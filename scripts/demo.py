@@ -147,7 +147,8 @@ def free_port() -> int:
 def start_server(store_url: str, port: int, token: str) -> subprocess.Popen:
     import httpx
 
-    env = {**os.environ, "NETTAILOR_STORE": store_url, "NETTAILOR_TOKEN": token}
+    # One local server behind no balancer: nothing to drain on SIGTERM (server/drain.py).
+    env = {**os.environ, "NETTAILOR_STORE": store_url, "NETTAILOR_TOKEN": token, "NETTAILOR_DRAIN_S": "0"}
     cmd = [PY, "-m", "nettailor", "serve", "--host", "127.0.0.1", "--port", str(port)]
     print(f"  $ NETTAILOR_TOKEN=... python -m nettailor serve --host 127.0.0.1 --port {port}")
     log = open(ROOT / ".nettailor" / "demo-server.log", "wb")  # noqa: SIM115 - lives as long as the server

@@ -21,7 +21,9 @@ from fastapi import FastAPI
 
 from blockstore import open_store
 
+from .drain import Drain, DrainMiddleware
 from .errors import install_error_handlers
+from .logs import RequestLogMiddleware
 from .metrics import Metrics
 from .routes import ops_router, predict_router, tasks_router
 from .runtime import keep_trying, start
@@ -77,6 +79,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.not_ready = "starting"
     # An empty id (PUT /v1/tasks/) is a 404 like any unknown path, not a redirect to another resource.
     app.router.redirect_slashes = False
+    app.state.drain = Drain()
+    app.add_middleware(DrainMiddleware, drain=app.state.drain)
+    app.add_middleware(RequestLogMiddleware, access_log=settings.log_format == "json")  # outermost: ids on all
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.include_router(predict_router)

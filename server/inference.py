@@ -20,6 +20,7 @@ from .cache import Lease, PackCache
 from .errors import BadImage, TooManyTasks
 from .executor import PreparedTask
 from .images import decode_image
+from .logs import note_result
 from .metrics import Metrics
 from .schemas import BatchPrediction, Label, MultiPrediction, Prediction, Timings
 
@@ -93,6 +94,7 @@ class Inference:
             self._count(task_ids, endpoint, e.code, known, 0.0)
             raise
         self._count(task_ids, endpoint, "ok", True, time.perf_counter() - t0)
+        note_result(result)  # the version that answered, in the request's access log
         return result
 
     # -- the three forms ------------------------------------------------------------------

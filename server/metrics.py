@@ -1,8 +1,21 @@
-"""Prometheus metrics, one registry per app so that several apps (tests, replicas) never collide."""
+"""Prometheus metrics, one registry per app so that several apps (tests, replicas) never collide.
+
+The app's registry also carries the standard ``process_*``, ``python_gc_*`` and ``python_info``
+series: a fresh collector of each is registered into it, as prometheus_client does for its global
+registry, so one process may hold any number of apps."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 
 __all__ = ["Metrics"]
 
@@ -10,9 +23,17 @@ _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+def _standard_registry() -> CollectorRegistry:
+    r = CollectorRegistry()
+    ProcessCollector(registry=r)
+    GCCollector(registry=r)
+    PlatformCollector(registry=r)
+    return r
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = r = registry or CollectorRegistry()
+        self.registry = r = registry or _standard_registry()
         self.requests = Counter("nettailor_requests", "Inference requests per task and outcome",
                                 ["task", "endpoint", "outcome"], registry=r)
         self.latency = Histogram("nettailor_request_latency_seconds", "Server-side latency of successful "

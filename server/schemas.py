@@ -116,7 +116,7 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "degraded", "starting"]
+    status: Literal["ready", "degraded", "starting", "draining"]
     backbone_id: str | None = None
     store: Literal["ok", "unreachable", "unknown"] = "unknown"
     cached_tasks: int = 0

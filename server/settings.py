@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +58,10 @@ class Settings(BaseSettings):
                                "older ones, and bytes no version references, are collected")
     backbone_poll_s: float = Field(2.0, gt=0, description="while the store holds no (loadable) backbone, how often "
                                    "to look for one")
+    log_format: Literal["text", "json"] = Field("text", description="'json': one JSON object per log line, with "
+                                                "request ids and a structured access log ('nettailor serve')")
+    drain_s: float = Field(5.0, ge=0, description="on SIGTERM, seconds to keep serving with /readyz at 503 before "
+                           "closing the listener; in-flight requests then finish ('nettailor serve')")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""

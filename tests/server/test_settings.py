@@ -39,8 +39,10 @@ def test_no_token_refuses_to_start_unless_open_on_loopback(tmp_path) -> None:
 def test_serve_subcommand_flags() -> None:
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["serve", "--port", "9000", "--workers", "2", "--log-level", "debug"])
-    assert (args.host, args.port, args.workers, args.log_level) == ("127.0.0.1", 9000, 2, "debug")
+    args = parser.parse_args(["serve", "--port", "9000", "--log-level", "debug", "--ssl-keyfile", "k.pem",
+                              "--ssl-certfile", "c.pem"])
+    assert (args.host, args.port, args.log_level) == ("127.0.0.1", 9000, "debug")
+    assert (str(args.ssl_keyfile), str(args.ssl_certfile)) == ("k.pem", "c.pem")
 
 
 def test_serve_refuses_an_open_public_bind(monkeypatch, tmp_path) -> None:
@@ -50,5 +52,5 @@ def test_serve_refuses_an_open_public_bind(monkeypatch, tmp_path) -> None:
     monkeypatch.setenv("NETTAILOR_ALLOW_OPEN", "1")
     monkeypatch.setenv("NETTAILOR_STORE", str(tmp_path))
     with pytest.raises(ConfigError, match="loopback"):
-        serve(argparse.Namespace(host="0.0.0.0", port=1, workers=1, log_level="info"))
+        serve(argparse.Namespace(host="0.0.0.0", port=1, log_level="info", ssl_keyfile=None, ssl_certfile=None))
     get_settings.cache_clear()
