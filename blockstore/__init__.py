@@ -8,10 +8,12 @@ from __future__ import annotations
 from .backbone import ARCHS, STEMS, Backbone, BackboneConfig, BackboneSpec, BlockSpec, NodeSpec
 from .device import load_resident, resolve_device
 from .errors import (
+    AliasNotFound,
     BackboneError,
     BackboneMismatch,
     BackboneNotFound,
     CorruptPack,
+    InvalidAlias,
     InvalidPlan,
     InvalidTaskId,
     NetTailorError,
@@ -29,18 +31,29 @@ from .pack import PACK_FORMAT, PackInfo, TaskPack, read_pack_info
 from .plan import LayerPlan, Plan, PlanCost, ProxySpec
 from .preprocess import Preprocess
 from .proxy import Proxy
-from .stores import DirStore, RedisStore, Store, StoreEvent, TaskRecord, VersionRecord, open_store
+from .stores import (
+    ALIAS_EVENTS,
+    AliasChange,
+    DirStore,
+    RedisStore,
+    Store,
+    StoreEvent,
+    TaskRecord,
+    VersionRecord,
+    open_store,
+)
 from .tailored import TailoredNet, bn_buffers_per_block
-from .taskid import TASK_ID_PATTERN, validate_task_id
+from .taskid import ALIAS_PATTERN, TASK_ID_PATTERN, validate_alias, validate_task_id
 from .weights import load_backbone
 
 __all__ = [
-    "ARCHS", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN",
+    "ALIAS_EVENTS", "ALIAS_PATTERN", "ARCHS", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN",
+    "AliasChange", "AliasNotFound", "InvalidAlias",
     "Backbone", "BackboneConfig", "BackboneError", "BackboneMismatch", "BackboneNotFound", "BackboneSpec",
     "BlockSpec", "CorruptPack", "DirStore", "InvalidPlan", "InvalidTaskId", "LayerPlan", "NetTailorError",
     "NodeSpec", "NotFound", "PackError", "PackInfo", "PackNotFound", "PackTaskMismatch", "Plan", "PlanCost",
     "Preprocess", "Proxy", "ProxySpec", "RedisStore", "Store", "StoreEvent", "StoreUnavailable", "TailoredNet",
     "TaskNotFound", "TaskPack", "TaskRecord", "UnsupportedFormat", "VersionNotFound", "VersionRecord",
     "WeightsUnavailable", "bn_buffers_per_block", "load_backbone", "load_resident", "open_store",
-    "read_pack_info", "resolve_device", "validate_task_id",
+    "read_pack_info", "resolve_device", "validate_alias", "validate_task_id",
 ]

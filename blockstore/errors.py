@@ -4,6 +4,7 @@ The tree::
 
     NetTailorError                  base of every error this project raises on purpose
     ├── InvalidTaskId               a task id outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``
+    │   └── InvalidAlias            an alias outside ``[A-Za-z][A-Za-z0-9._-]{0,63}``
     ├── InvalidPlan                 a plan that does not fit its backbone (sources, shapes, dead nodes)
     ├── PackError                   anything wrong with TaskPack bytes
     │   ├── CorruptPack             garbage, truncated bytes, missing keys, wrong shapes, bad JSON
@@ -15,6 +16,7 @@ The tree::
     ├── NotFound                    something the store does not hold
     │   ├── TaskNotFound
     │   ├── VersionNotFound
+    │   ├── AliasNotFound
     │   ├── PackNotFound
     │   └── BackboneNotFound
     └── StoreUnavailable            the store cannot be reached (Redis down, directory unwritable)
@@ -25,10 +27,12 @@ Every error carries a stable machine-readable ``code`` used in ``{"error": code,
 from __future__ import annotations
 
 __all__ = [
+    "AliasNotFound",
     "BackboneError",
     "BackboneMismatch",
     "BackboneNotFound",
     "CorruptPack",
+    "InvalidAlias",
     "InvalidPlan",
     "InvalidTaskId",
     "NetTailorError",
@@ -56,6 +60,12 @@ class NetTailorError(Exception):
 
 class InvalidTaskId(NetTailorError):
     code = "invalid_task_id"
+
+
+class InvalidAlias(InvalidTaskId):
+    """An alias name outside its pattern: the same kind of bad identifier as a task id."""
+
+    code = "invalid_alias"
 
 
 class InvalidPlan(NetTailorError):
@@ -100,6 +110,10 @@ class TaskNotFound(NotFound):
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
 
 
 class PackNotFound(NotFound):

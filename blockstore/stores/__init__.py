@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 
-from .base import Store, StoreEvent, Subscription, TaskRecord, VersionRecord
+from .base import ALIAS_EVENTS, AliasChange, Store, StoreEvent, Subscription, TaskRecord, VersionRecord
 from .dirstore import DirStore
 from .redisstore import RedisStore
 
 __all__ = [
+    "ALIAS_EVENTS",
     "DEFAULT_STORE",
+    "AliasChange",
     "DirStore",
     "RedisStore",
     "Store",

@@ -3,6 +3,8 @@
 A store holds backbones (by id), immutable pack bytes (by SHA-256) and, per task, a record that
 points at the current pack plus the history of every version, for rollback.  Versions are integers
 that the store assigns (1, 2, ...); the pack's own ``version`` string is kept as ``pack_version``.
+Aliases (``production``, ``canary``) are named pointers to versions in the history, kept in the same
+record (so they change atomically with it) with a bounded log of every alias change.
 """
 
 from __future__ import annotations
@@ -13,13 +15,18 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
-from ..errors import BackboneNotFound, PackTaskMismatch, VersionNotFound
+from ..errors import AliasNotFound, BackboneNotFound, PackTaskMismatch, VersionNotFound
 from ..pack import PackInfo, read_pack_info
-from ..taskid import validate_task_id
+from ..taskid import validate_alias, validate_task_id
 
-__all__ = ["Store", "StoreEvent", "Subscription", "TaskRecord", "VersionRecord"]
+__all__ = [
+    "ALIAS_EVENTS", "ALIAS_LOG_LIMIT", "AliasChange", "Store", "StoreEvent", "Subscription", "TaskRecord",
+    "VersionRecord",
+]
+
+ALIAS_LOG_LIMIT = 100  # alias changes kept per task record
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +41,15 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
+class AliasChange:
+    """One entry of a task's alias log: ``alias`` pointed at ``version`` (None: removed) from ``at``."""
+
+    alias: str
+    version: int | None
+    at: float
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     task_id: str
     version: int
@@ -41,16 +57,20 @@ class TaskRecord:
     backbone_id: str
     updated_at: float
     history: tuple[VersionRecord, ...] = field(default_factory=tuple)
+    aliases: dict[str, int] = field(default_factory=dict, hash=False)  # alias -> version in history
+    alias_log: tuple[AliasChange, ...] = field(default_factory=tuple)  # the last ALIAS_LOG_LIMIT changes
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["history"] = [asdict(h) for h in self.history]
+        d["alias_log"] = [asdict(c) for c in self.alias_log]
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> TaskRecord:
         hist = tuple(VersionRecord(**h) for h in d["history"])
-        return cls(d["task_id"], int(d["version"]), d["sha256"], d["backbone_id"], float(d["updated_at"]), hist)
+        return cls(d["task_id"], int(d["version"]), d["sha256"], d["backbone_id"], float(d["updated_at"]), hist,
+                   *alias_fields(d))
 
     def find(self, version: int) -> VersionRecord:
         for h in self.history:
@@ -60,12 +80,22 @@ class TaskRecord:
         raise VersionNotFound(f"task {self.task_id!r} has no version {version} (has {have})")
 
 
+def alias_fields(d: dict) -> tuple[dict[str, int], tuple[AliasChange, ...]]:
+    """``aliases`` and ``alias_log`` from a serialised record; records written before aliases have none."""
+    aliases = {str(k): int(v) for k, v in (d.get("aliases") or {}).items()}
+    return aliases, tuple(AliasChange(**c) for c in d.get("alias_log") or ())
+
+
 @dataclass(frozen=True)
 class StoreEvent:
-    kind: str  # "register" | "update" | "rollback" | "delete"
+    kind: str  # "register" | "update" | "rollback" | "delete" | "alias" | "unalias" (| "resync", local)
     task_id: str
     version: int | None = None
     sha256: str | None = None
+    alias: str | None = None  # the alias an "alias" or "unalias" event names
+
+
+ALIAS_EVENTS = ("alias", "unalias")  # they move a pointer: no pack changes
 
 
 class Subscription(ABC):
@@ -98,13 +128,36 @@ def next_record(task_id: str, old: TaskRecord | None, info: PackInfo) -> TaskRec
     now = time.time()
     version = 1 + max((h.version for h in old.history), default=0) if old else 1
     entry = VersionRecord(version, info.sha256, info.backbone_id, info.version, now)
-    history = (old.history if old else ()) + (entry,)
-    return TaskRecord(task_id, version, info.sha256, info.backbone_id, now, history)
+    if old is None:
+        return TaskRecord(task_id, version, info.sha256, info.backbone_id, now, (entry,))
+    # replace() keeps the record's other fields (aliases, their log) as they were
+    return replace(old, version=version, sha256=info.sha256, backbone_id=info.backbone_id, updated_at=now,
+                   history=(*old.history, entry))
 
 
 def rolled_back(old: TaskRecord, version: int) -> TaskRecord:
     h = old.find(version)
-    return TaskRecord(old.task_id, h.version, h.sha256, h.backbone_id, time.time(), old.history)
+    return replace(old, version=h.version, sha256=h.sha256, backbone_id=h.backbone_id, updated_at=time.time())
+
+
+def with_alias(old: TaskRecord, alias: str, version: int) -> TaskRecord | None:
+    """The record with ``alias`` pointing at ``version`` (which must be in the history); None when it
+    already does (idempotent, like registering the current bytes again)."""
+    old.find(version)
+    if old.aliases.get(alias) == version:
+        return None
+    return replace(old, aliases={**old.aliases, alias: version}, alias_log=_logged(old, alias, version))
+
+
+def without_alias(old: TaskRecord, alias: str) -> TaskRecord:
+    if alias not in old.aliases:
+        raise AliasNotFound(f"task {old.task_id!r} has no alias {alias!r} (has {sorted(old.aliases)})")
+    aliases = {k: v for k, v in old.aliases.items() if k != alias}
+    return replace(old, aliases=aliases, alias_log=_logged(old, alias, None))
+
+
+def _logged(old: TaskRecord, alias: str, version: int | None) -> tuple[AliasChange, ...]:
+    return (*old.alias_log, AliasChange(alias, version, time.time()))[-ALIAS_LOG_LIMIT:]
 
 
 class Store(ABC):
@@ -166,6 +219,32 @@ class Store(ABC):
 
     @abstractmethod
     def rollback(self, task_id: str, version: int) -> TaskRecord: ...
+
+    def set_alias(self, task_id: str, alias: str, version: int) -> tuple[TaskRecord, bool]:
+        """Point ``alias`` at ``version`` of the task (VersionNotFound unless it is in the history).
+        Returns the record and whether it changed; a change is logged and announced as an event."""
+        validate_task_id(task_id)
+        validate_alias(alias)
+
+        def change(old: TaskRecord) -> tuple[TaskRecord, StoreEvent] | None:
+            new = with_alias(old, alias, int(version))
+            return None if new is None else (new, StoreEvent("alias", task_id, int(version), alias=alias))
+
+        return self._change_record(task_id, change)
+
+    def delete_alias(self, task_id: str, alias: str) -> TaskRecord:
+        """Remove ``alias`` from the task (AliasNotFound when it has no such alias)."""
+        validate_task_id(task_id)
+        validate_alias(alias)
+        rec, _ = self._change_record(
+            task_id, lambda old: (without_alias(old, alias), StoreEvent("unalias", task_id, alias=alias)))
+        return rec
+
+    @abstractmethod
+    def _change_record(self, task_id: str,
+                       change: Callable[[TaskRecord], tuple[TaskRecord, StoreEvent] | None]) -> tuple[TaskRecord, bool]:
+        """Apply ``change`` to an existing task's record atomically and publish its event; ``change``
+        returns None to leave the record as it is.  Raises TaskNotFound for an unknown task."""
 
     @abstractmethod
     def subscribe(self, callback: Callable[[StoreEvent], None]) -> Subscription:

@@ -7,7 +7,7 @@ Keys (``nt:`` is the default prefix; tests use their own)::
     nt:tasks                set of task ids
     nt:backbone:<id>        backbone bytes
     nt:backbone-default     id of the default backbone
-    nt:events               pub/sub channel: register, update, rollback and delete events
+    nt:events               pub/sub channel: register, update, rollback, delete, alias and unalias events
 
 Pack bytes are written before the transaction that points a task at them, and task changes are
 MULTI/EXEC transactions under WATCH on the task key, so concurrent writers never lose a version
@@ -33,7 +33,17 @@ from redis.retry import Retry
 from ..errors import PackNotFound, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
-from .base import Store, StoreEvent, Subscription, TaskRecord, VersionRecord, next_record, rolled_back, sha256_hex
+from .base import (
+    Store,
+    StoreEvent,
+    Subscription,
+    TaskRecord,
+    VersionRecord,
+    alias_fields,
+    next_record,
+    rolled_back,
+    sha256_hex,
+)
 
 __all__ = ["RedisStore"]
 
@@ -96,7 +106,9 @@ class RedisStore(Store):
             return None
         d = {k.decode(): v.decode() for k, v in h.items()}
         hist = tuple(VersionRecord(**x) for x in json.loads(d["history"]))
-        return TaskRecord(task_id, int(d["version"]), d["sha256"], d["backbone_id"], float(d["updated_at"]), hist)
+        extra = alias_fields({k: json.loads(d[k]) for k in ("aliases", "alias_log") if k in d})
+        return TaskRecord(task_id, int(d["version"]), d["sha256"], d["backbone_id"], float(d["updated_at"]), hist,
+                          *extra)
 
     @staticmethod
     def _mapping(rec: TaskRecord) -> dict[str, str]:
@@ -104,6 +116,7 @@ class RedisStore(Store):
         return {
             "version": str(rec.version), "sha256": rec.sha256, "backbone_id": rec.backbone_id,
             "updated_at": repr(rec.updated_at), "history": json.dumps(d["history"]),
+            "aliases": json.dumps(d["aliases"]), "alias_log": json.dumps(d["alias_log"]),
         }
 
     def _transact(self, task_id: str, change: Callable[[TaskRecord | None], tuple[TaskRecord | None, StoreEvent | None]]
@@ -192,6 +205,22 @@ class RedisStore(Store):
         rec = self._transact(task_id, change)
         assert rec is not None
         return rec
+
+    def _change_record(self, task_id: str,
+                       change: Callable[[TaskRecord], tuple[TaskRecord, StoreEvent] | None]) -> tuple[TaskRecord, bool]:
+        changed = False
+
+        def apply(old: TaskRecord | None) -> tuple[TaskRecord | None, StoreEvent | None]:
+            nonlocal changed
+            if old is None:
+                raise TaskNotFound(f"task {task_id!r} is not registered")
+            done = change(old)
+            changed = done is not None
+            return done if done is not None else (old, None)
+
+        rec = self._transact(task_id, apply)
+        assert rec is not None
+        return rec, changed
 
     def ping(self) -> None:
         with self._guard():
