@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import anyio.to_thread
 from fastapi import FastAPI
 
-from blockstore import Backbone, BackboneMismatch, Store, load_resident, open_store
+from blockstore import Backbone, BackboneMismatch, Store, StoreEvent, load_resident, open_store
 
 from .batching import Batcher
 from .cache import PackCache
@@ -26,6 +26,7 @@ from .metrics import Metrics
 from .routes import ops_router, predict_router, tasks_router
 from .settings import Settings, get_settings
 from .tasks import TaskManager
+from .versions import AliasTable
 
 __all__ = ["create_app"]
 
@@ -56,14 +57,20 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             backbone = await anyio.to_thread.run_sync(_load_backbone, store, settings)
             metrics = state.metrics
             cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
-            subscription = await anyio.to_thread.run_sync(store.subscribe, cache.on_event)
+            aliases = AliasTable(store)
+
+            def on_event(ev: StoreEvent) -> None:
+                cache.on_event(ev)
+                aliases.on_event(ev)
+
+            subscription = await anyio.to_thread.run_sync(store.subscribe, on_event)
             batcher = Batcher(Executor(backbone), max_batch=settings.max_batch,
                               window_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_queue,
                               metrics=metrics)
             state.store, state.cache, state.batcher = store, cache, batcher
             state.inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
-                                        max_tasks=settings.max_tasks_per_request)
-            state.tasks = TaskManager(store, backbone, cache)
+                                        max_tasks=settings.max_tasks_per_request, aliases=aliases)
+            state.tasks = TaskManager(store, backbone, cache, aliases)
             # Start-up objects (modules, the backbone) never die: keep them out of the collector's
             # full passes, which otherwise pause a cold pack load for ~150 ms every few dozen loads.
             gc.collect()

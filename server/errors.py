@@ -13,6 +13,7 @@ The tree (blockstore's errors in brackets)::
     │   ├── BadImage                422 bad_image
     │   ├── PayloadTooLarge         413 payload_too_large
     │   ├── ImageTooLarge           413 image_too_large
+    │   ├── BadTensor               422 bad_tensor (an Open Inference Protocol tensor that does not fit)
     │   └── TooManyTasks            422 validation_error
     ├── AuthError
     │   ├── Unauthorized            401 unauthorized
@@ -41,7 +42,7 @@ from blockstore.errors import (
 )
 
 __all__ = [
-    "AuthError", "BadImage", "ErrorBody", "Forbidden", "ImageTooLarge", "Overloaded", "PayloadTooLarge",
+    "AuthError", "BadImage", "BadTensor", "ErrorBody", "Forbidden", "ImageTooLarge", "Overloaded", "PayloadTooLarge",
     "RequestError", "TaskUnavailable", "TooManyTasks", "Unauthorized", "UnsupportedMediaType",
     "error_responses", "install_error_handlers", "status_of",
 ]
@@ -74,6 +75,10 @@ class PayloadTooLarge(RequestError):
 
 class ImageTooLarge(RequestError):
     code = "image_too_large"
+
+
+class BadTensor(RequestError):
+    code = "bad_tensor"
 
 
 class TooManyTasks(RequestError):

@@ -27,7 +27,8 @@ from blockstore import (
 
 from .cache import PackCache
 from .errors import TaskUnavailable
-from .schemas import Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
+from .schemas import AliasChangeInfo, Aliases, Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
+from .versions import AliasTable
 
 __all__ = ["TaskManager"]
 
@@ -56,8 +57,9 @@ def _accuracy(metrics: dict[str, Any]) -> float | None:
 
 
 class TaskManager:
-    def __init__(self, store: Store, backbone: Backbone, cache: PackCache) -> None:
+    def __init__(self, store: Store, backbone: Backbone, cache: PackCache, aliases: AliasTable | None = None) -> None:
         self.store, self.backbone, self.cache = store, backbone, cache
+        self.aliases = aliases
         self._bn = bn_buffers_per_block(backbone)
         self._facts: OrderedDict[str, _PackFacts] = OrderedDict()
         self._lock = threading.Lock()
@@ -113,6 +115,8 @@ class TaskManager:
             preprocess=f.preprocess, plan=f.plan, metrics=f.metrics, updated_at=rec.updated_at,
             history=[VersionInfo(version=h.version, sha256=h.sha256, pack_version=h.pack_version,
                                  registered_at=h.registered_at) for h in rec.history],
+            aliases=dict(rec.aliases),
+            alias_log=[AliasChangeInfo(alias=c.alias, version=c.version, at=c.at) for c in rec.alias_log],
         )
 
     async def list(self) -> TaskList:
@@ -132,6 +136,7 @@ class TaskManager:
         rec, changed = self.store.register(task_id, data)
         if changed:
             self.cache.invalidate(task_id)  # this replica at once; the others on the store event
+            self.cache.invalidate_pinned(task_id)
         created = changed and len(rec.history) == 1
         return Registered(task_id=task_id, version=rec.version, sha256=rec.sha256, changed=changed), created
 
@@ -139,6 +144,8 @@ class TaskManager:
         validate_task_id(task_id)
         self.store.delete(task_id)
         self.cache.invalidate(task_id)
+        self.cache.invalidate_pinned(task_id)
+        self._forget_aliases(task_id)
 
     def _rollback(self, task_id: str, version: int) -> Registered:
         validate_task_id(task_id)
@@ -158,3 +165,25 @@ class TaskManager:
 
     async def rollback(self, task_id: str, version: int) -> Registered:
         return await anyio.to_thread.run_sync(self._rollback, task_id, version)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def _forget_aliases(self, task_id: str) -> None:
+        if self.aliases is not None:  # this replica at once; the others on the store event
+            self.aliases.forget(task_id)
+
+    def _set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        rec, changed = self.store.set_alias(task_id, alias, version)
+        if changed:
+            self._forget_aliases(task_id)
+        return Aliases(task_id=task_id, aliases=dict(rec.aliases), changed=changed)
+
+    def _delete_alias(self, task_id: str, alias: str) -> None:
+        self.store.delete_alias(task_id, alias)
+        self._forget_aliases(task_id)
+
+    async def set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        return await anyio.to_thread.run_sync(self._set_alias, task_id, alias, version)
+
+    async def delete_alias(self, task_id: str, alias: str) -> None:
+        await anyio.to_thread.run_sync(self._delete_alias, task_id, alias)

@@ -1,4 +1,5 @@
-"""Task management: list, describe, register (PUT pack bytes), delete, roll back.  Mutations need the token."""
+"""Task management: list, describe, register (PUT pack bytes), delete, roll back, aliases.  Mutations need
+the token."""
 
 from __future__ import annotations
 
@@ -6,17 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Request, Response
 
-from blockstore import TASK_ID_PATTERN
+from blockstore import ALIAS_PATTERN, TASK_ID_PATTERN
 
 from ..deps import SettingsDep, TasksDep, require_operator
 from ..errors import BadImage, error_responses
 from ..images import read_body
-from ..schemas import Registered, RollbackRequest, TaskDetail, TaskList
+from ..schemas import Aliases, AliasRequest, Registered, RollbackRequest, TaskDetail, TaskList
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 TaskId = Annotated[str, Path(description=f"task id, {TASK_ID_PATTERN}")]
+AliasName = Annotated[str, Path(description=f"alias, {ALIAS_PATTERN}: a named pointer to a version")]
 _operator = [Depends(require_operator)]
 _PACK_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}}
@@ -58,3 +60,17 @@ async def delete_task(task_id: TaskId, tasks: TasksDep) -> Response:
              responses=error_responses(401, 403, 404, 422, 503), summary="Point the task at an earlier version")
 async def rollback_task(task_id: TaskId, body: RollbackRequest, tasks: TasksDep) -> Registered:
     return await tasks.rollback(task_id, body.version)
+
+
+@router.put("/{task_id}/aliases/{alias}", response_model=Aliases, dependencies=_operator,
+            responses=error_responses(401, 403, 404, 422, 503),
+            summary="Point an alias (production, canary, ...) at a stored version")
+async def put_alias(task_id: TaskId, alias: AliasName, body: AliasRequest, tasks: TasksDep) -> Aliases:
+    return await tasks.set_alias(task_id, alias, body.version)
+
+
+@router.delete("/{task_id}/aliases/{alias}", status_code=204, response_class=Response, dependencies=_operator,
+               responses=error_responses(401, 403, 404, 422, 503), summary="Remove an alias")
+async def delete_alias(task_id: TaskId, alias: AliasName, tasks: TasksDep) -> Response:
+    await tasks.delete_alias(task_id, alias)
+    return Response(status_code=204)
