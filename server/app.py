@@ -23,7 +23,7 @@ from .errors import install_error_handlers
 from .executor import Executor
 from .inference import Inference
 from .metrics import Metrics
-from .routes import ops_router, predict_router, tasks_router
+from .routes import ops_router, predict_router, tasks_router, v2_router
 from .settings import Settings, get_settings
 from .tasks import TaskManager
 from .versions import AliasTable
@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """Serve many vision tasks from one frozen network (NetTailor, CVPR 2019).
 
 Errors are JSON `{"error": code, "detail": text}`; mutating calls need `Authorization: Bearer <token>`.
+`/v2` speaks the Open Inference Protocol (KServe v2): one task is one model, errors are `{"error": text}`.
 """
 
 
@@ -106,4 +107,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict_router)
     app.include_router(tasks_router)
     app.include_router(ops_router)
+    app.include_router(v2_router)  # the Open Inference Protocol, with its own error shape
     return app

@@ -6,6 +6,7 @@ Store calls block (Redis, files), so they run in worker threads.  A pack is full
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -15,8 +16,10 @@ from typing import Any
 import anyio.to_thread
 
 from blockstore import (
+    AliasNotFound,
     Backbone,
     PackTaskMismatch,
+    Preprocess,
     Store,
     StoreUnavailable,
     TaskPack,
@@ -28,9 +31,9 @@ from blockstore import (
 from .cache import PackCache
 from .errors import TaskUnavailable
 from .schemas import AliasChangeInfo, Aliases, Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
-from .versions import AliasTable
+from .versions import AliasTable, Pin
 
-__all__ = ["TaskManager"]
+__all__ = ["TaskManager", "VersionFacts"]
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,19 @@ class _PackFacts:
     plan: dict[str, Any]
     metrics: dict[str, Any]
     cost: dict[str, int]
+
+
+@dataclass(frozen=True)
+class VersionFacts:
+    """One stored version of a task, as the Open Inference Protocol's model metadata needs it."""
+
+    task_id: str
+    version: int
+    pack_version: str
+    versions: list[int]  # every version the task retains
+    aliases: dict[str, int]
+    labels: list[str]
+    preprocess: Preprocess
 
 
 def _accuracy(metrics: dict[str, Any]) -> float | None:
@@ -118,6 +134,38 @@ class TaskManager:
             aliases=dict(rec.aliases),
             alias_log=[AliasChangeInfo(alias=c.alias, version=c.version, at=c.at) for c in rec.alias_log],
         )
+
+    def _version_facts(self, task_id: str, pin: Pin) -> VersionFacts:
+        validate_task_id(task_id)
+        rec = self.store.get_record(task_id)
+        version = rec.version if pin.version is None else pin.version
+        if pin.alias is not None:
+            if pin.alias not in rec.aliases:
+                raise AliasNotFound(f"task {task_id!r} has no alias {pin.alias!r} (has {sorted(rec.aliases)})")
+            version = rec.aliases[pin.alias]
+        h = rec.find(version)
+        f = self._pack_facts(dataclasses.replace(rec, version=h.version, sha256=h.sha256))
+        return VersionFacts(task_id, h.version, f.pack_version, [x.version for x in rec.history], dict(rec.aliases),
+                            f.labels, Preprocess(**f.preprocess))
+
+    def _index(self) -> list[tuple[str, int]]:
+        out = []
+        for tid in self.store.list_tasks():
+            try:
+                out.append((tid, self.store.get_record(tid).version))
+            except StoreUnavailable:
+                raise
+            except Exception as e:  # a task deleted meanwhile, a record another tool damaged
+                log.warning("the repository index skips %s: %s", tid, getattr(e, "detail", e))
+        return out
+
+    async def version_facts(self, task_id: str, pin: Pin) -> VersionFacts:
+        """The stored version ``pin`` names (the current one by default): NotFound, TaskUnavailable."""
+        return await anyio.to_thread.run_sync(self._version_facts, task_id, pin)
+
+    async def index(self) -> list[tuple[str, int]]:
+        """Every task and its current version."""
+        return await anyio.to_thread.run_sync(self._index)
 
     async def list(self) -> TaskList:
         return await anyio.to_thread.run_sync(self._list)
