@@ -194,7 +194,9 @@ def test_bad_requests_are_400_with_the_protocol_error_shape(live: Live) -> None:
     for method, path, body in (("POST", "/v2/models/digits/infer", b"{"),
                                ("POST", "/v2/models/digits/infer", b'{"inputs": []}'),
                                ("GET", "/v2/nowhere", None), ("POST", "/v2/models/a%20b/infer", one),
-                               ("POST", "/v2/models/digits/versions/0x/infer", one)):
+                               ("POST", "/v2/models/digits/versions/0x/infer", one),
+                               ("POST", "/v2/repository/index", b'{"ready": "maybe"}'),
+                               ("GET", "/v2/models/digits/infer", None)):
         r = httpx.request(method, live.url + path, content=body)
         assert r.status_code in (400, 404) and set(r.json()) == {"error"}, (path, r.text)
     r = httpx.post(f"{live.url}/v1/tasks/nope/predict", content=image_bytes())  # /v1 keeps its own shape
