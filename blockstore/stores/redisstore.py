@@ -3,7 +3,7 @@
 Keys (``nt:`` is the default prefix; tests use their own)::
 
     nt:pack:<sha256>        immutable pack bytes (content-addressed)
-    nt:task:<task_id>       hash: version, sha256, backbone_id, updated_at, history (JSON)
+    nt:task:<task_id>       hash: version, sha256, backbone_id, updated_at, history, aliases, alias_log (JSON)
     nt:tasks                set of task ids
     nt:backbone:<id>        backbone bytes
     nt:backbone-default     id of the default backbone
