@@ -73,7 +73,7 @@ def load_task(args: argparse.Namespace, device: str | None = "cpu"):  # type: ig
         else:
             store = open_store(args.store)
             rec, data = store.get_pack(args.task)
-            pack = TaskPack.from_bytes(data, sha256=rec.sha256)
+            pack = TaskPack.from_bytes(data, verified_sha256=rec.sha256)
         if args.backbone_file is not None:
             if not args.backbone_file.is_file():
                 raise WeightsUnavailable(f"backbone file {args.backbone_file} does not exist")
