@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "InferenceRequest", "InferenceResponse", "Liveness", "ModelMetadata", "Readiness", "RepositoryIndexRequest",
+    "InferenceRequest", "InferenceResponse", "Liveness", "ModelMetadata", "V2Readiness", "RepositoryIndexRequest",
     "RepositoryModel", "RequestInput", "RequestOutput", "ResponseOutput", "ServerMetadata", "TensorMetadata",
     "V2Error",
 ]
@@ -27,7 +27,7 @@ class Liveness(BaseModel):
     live: bool
 
 
-class Readiness(BaseModel):
+class V2Readiness(BaseModel):
     ready: bool
 
 

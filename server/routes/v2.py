@@ -34,11 +34,11 @@ from ..schemas_v2 import (
     InferenceResponse,
     Liveness,
     ModelMetadata,
-    Readiness,
     RepositoryIndexRequest,
     RepositoryModel,
     ServerMetadata,
     V2Error,
+    V2Readiness,
 )
 from ..versions import CURRENT, Pin
 
@@ -129,8 +129,8 @@ async def live() -> Liveness:
     return Liveness(live=True)
 
 
-@router.get("/health/ready", response_model=Readiness,
-            responses={503: {"model": Readiness, "description": "not ready"}},
+@router.get("/health/ready", response_model=V2Readiness,
+            responses={503: {"model": V2Readiness, "description": "not ready"}},
             summary="Ready: backbone loaded and store reachable")
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
@@ -140,7 +140,7 @@ async def ready(request: Request) -> JSONResponse:
             await anyio.to_thread.run_sync(state.store.ping)
         except StoreUnavailable:
             ok = False
-    return JSONResponse(Readiness(ready=ok).model_dump(), status_code=200 if ok else 503,
+    return JSONResponse(V2Readiness(ready=ok).model_dump(), status_code=200 if ok else 503,
                         headers=None if ok else {"Retry-After": "1"})
 
 
@@ -169,18 +169,18 @@ async def version_metadata(task: Model, version: VersionOrAlias, tasks: TasksDep
     return await _metadata(task, Pin.parse(version), tasks)
 
 
-@router.get("/models/{task}/ready", response_model=Readiness, responses=_MODEL_ERRORS,
+@router.get("/models/{task}/ready", response_model=V2Readiness, responses=_MODEL_ERRORS,
             summary="Model ready: registered and servable")
-async def model_ready(task: Model, tasks: TasksDep) -> Readiness:
+async def model_ready(task: Model, tasks: TasksDep) -> V2Readiness:
     await tasks.version_facts(task, CURRENT)
-    return Readiness(ready=True)
+    return V2Readiness(ready=True)
 
 
-@router.get("/models/{task}/versions/{version}/ready", response_model=Readiness, responses=_MODEL_ERRORS,
+@router.get("/models/{task}/versions/{version}/ready", response_model=V2Readiness, responses=_MODEL_ERRORS,
             summary="Model version ready")
-async def version_ready(task: Model, version: VersionOrAlias, tasks: TasksDep) -> Readiness:
+async def version_ready(task: Model, version: VersionOrAlias, tasks: TasksDep) -> V2Readiness:
     await tasks.version_facts(task, Pin.parse(version))
-    return Readiness(ready=True)
+    return V2Readiness(ready=True)
 
 
 # -- inference ----------------------------------------------------------------------------------
