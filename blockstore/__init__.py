@@ -19,6 +19,7 @@ from .backbone import (
 )
 from .device import load_resident, resolve_device
 from .errors import (
+    AliasNotFound,
     BackboneError,
     BackboneMismatch,
     BackboneNotFound,
@@ -26,6 +27,7 @@ from .errors import (
     CorruptPack,
     CorruptRecord,
     DigestMismatch,
+    InvalidAlias,
     InvalidPlan,
     InvalidTaskId,
     NetTailorError,
@@ -45,7 +47,9 @@ from .plan import LayerPlan, Plan, PlanCost, ProxySpec
 from .preprocess import Preprocess
 from .proxy import Proxy
 from .stores import (
+    ALIAS_EVENTS,
     DEFAULT_KEEP_VERSIONS,
+    AliasChange,
     DirStore,
     GcReport,
     RedisStore,
@@ -56,11 +60,12 @@ from .stores import (
     open_store,
 )
 from .tailored import TailoredNet, bn_buffers_per_block
-from .taskid import TASK_ID_PATTERN, validate_task_id
+from .taskid import ALIAS_PATTERN, TASK_ID_PATTERN, validate_alias, validate_task_id
 from .weights import IMAGENET_NORMALIZATION, import_backbone, load_backbone
 
 __all__ = [
-    "ARCHS", "DEFAULT_KEEP_VERSIONS", "IMAGENET_NORMALIZATION", "PACK_FORMAT", "STEMS", "TASK_ID_PATTERN",
+    "ALIAS_EVENTS", "ALIAS_PATTERN", "ARCHS", "DEFAULT_KEEP_VERSIONS", "IMAGENET_NORMALIZATION", "PACK_FORMAT",
+    "STEMS", "TASK_ID_PATTERN", "AliasChange", "AliasNotFound", "InvalidAlias",
     "Backbone", "BackboneConfig", "BackboneError", "BackboneInfo", "BackboneMismatch", "BackboneNotFound",
     "BackboneSpec", "BlockSpec", "CorruptBackbone", "CorruptPack", "CorruptRecord", "DigestMismatch",
     "DirStore", "GcReport", "InvalidPlan", "InvalidTaskId", "LayerPlan", "NetTailorError", "NodeSpec",
@@ -69,5 +74,5 @@ __all__ = [
     "StoreUnavailable", "TailoredNet", "TaskNotFound", "TaskPack", "TaskRecord", "UnsupportedFormat",
     "VersionNotFound", "VersionRecord", "WeightsUnavailable", "bn_buffers_per_block", "import_backbone",
     "load_backbone", "load_resident", "open_store", "read_pack_info", "resolve_device",
-    "validate_backbone_bytes", "validate_task_id",
+    "validate_alias", "validate_backbone_bytes", "validate_task_id",
 ]

@@ -4,6 +4,7 @@ The tree::
 
     NetTailorError                  base of every error this project raises on purpose
     ├── InvalidTaskId               a task id outside ``[A-Za-z0-9][A-Za-z0-9._-]{0,63}``
+    │   └── InvalidAlias            an alias outside ``[A-Za-z][A-Za-z0-9._-]{0,63}``
     ├── InvalidPlan                 a plan that does not fit its backbone (sources, shapes, dead nodes)
     ├── PackError                   anything wrong with TaskPack bytes
     │   ├── CorruptPack             garbage, truncated bytes, missing keys, wrong shapes, bad JSON
@@ -17,6 +18,7 @@ The tree::
     ├── NotFound                    something the store does not hold
     │   ├── TaskNotFound
     │   ├── VersionNotFound
+    │   ├── AliasNotFound
     │   ├── PackNotFound
     │   └── BackboneNotFound
     ├── StoreConfigError            a store setting that makes no sense (NETTAILOR_KEEP_VERSIONS=0)
@@ -31,6 +33,7 @@ Every error carries a stable machine-readable ``code`` used in ``{"error": code,
 from __future__ import annotations
 
 __all__ = [
+    "AliasNotFound",
     "BackboneError",
     "BackboneMismatch",
     "BackboneNotFound",
@@ -38,6 +41,7 @@ __all__ = [
     "CorruptPack",
     "CorruptRecord",
     "DigestMismatch",
+    "InvalidAlias",
     "InvalidPlan",
     "InvalidTaskId",
     "NetTailorError",
@@ -66,6 +70,12 @@ class NetTailorError(Exception):
 
 class InvalidTaskId(NetTailorError):
     code = "invalid_task_id"
+
+
+class InvalidAlias(InvalidTaskId):
+    """An alias name outside its pattern: the same kind of bad identifier as a task id."""
+
+    code = "invalid_alias"
 
 
 class InvalidPlan(NetTailorError):
@@ -125,6 +135,10 @@ class TaskNotFound(NotFound):
 
 class VersionNotFound(NotFound):
     code = "version_not_found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias_not_found"
 
 
 class PackNotFound(NotFound):

@@ -25,7 +25,7 @@ from .drain import Drain, DrainMiddleware
 from .errors import install_error_handlers
 from .logs import RequestLogMiddleware
 from .metrics import Metrics
-from .routes import ops_router, predict_router, tasks_router
+from .routes import install_v2_openapi, ops_router, predict_router, tasks_router, v2_router
 from .runtime import keep_trying, start
 from .settings import Settings, get_settings
 
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 _DESCRIPTION = """Serve many vision tasks from one frozen network (NetTailor, CVPR 2019).
 
 Errors are JSON `{"error": code, "detail": text}`; mutating calls need `Authorization: Bearer <token>`.
+`/v2` speaks the Open Inference Protocol (KServe v2): one task is one model, errors are `{"error": text}`.
 """
 
 
@@ -87,4 +88,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict_router)
     app.include_router(tasks_router)
     app.include_router(ops_router)
+    app.include_router(v2_router)  # the Open Inference Protocol, with its own error shape
+    install_v2_openapi(app)
     return app

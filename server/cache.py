@@ -8,6 +8,10 @@
   (and its bytes counted) until the last lease is released.
 * **Invalidation**: store events drop a task's entry (``resync`` drops all).  A load that raced an
   event is not inserted, so an update is never hidden by a stale load.
+* **Pinned versions**: ``pinned_key(task, version)`` names one stored version of a task (``task@3``)
+  beside its current one, so a client that pins version 3 never evicts or confuses the current
+  entry.  Any change to the task drops its pinned entries (retention may have pruned the version;
+  the next request re-reads the record); alias events change no pack and drop nothing.
 * **Failures**: a stored pack that cannot be prepared (corrupt, other backbone) makes its task answer
   ``task_unavailable`` for ``failure_ttl`` seconds or until the task's next store event, so a bad
   pack does not hammer the store.  A store outage leaves cached tasks serving.
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -29,6 +34,7 @@ from collections.abc import Callable
 import anyio.to_thread
 
 from blockstore import (
+    ALIAS_EVENTS,
     Backbone,
     BackboneMismatch,
     DigestMismatch,
@@ -43,9 +49,20 @@ from .errors import TaskUnavailable
 from .executor import PreparedTask
 from .metrics import Metrics
 
-__all__ = ["Lease", "PackCache"]
+__all__ = ["Lease", "PackCache", "pinned_key", "split_key"]
 
 log = logging.getLogger(__name__)
+
+
+def pinned_key(task_id: str, version: int) -> str:
+    """The cache key of one stored version of a task ('@' never occurs in a task id)."""
+    return f"{task_id}@{int(version)}"
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """``(task_id, version)`` of a cache key; version None for the task's current version."""
+    task_id, _, version = key.partition("@")
+    return task_id, int(version) if version else None
 
 
 class _Entry:
@@ -179,16 +196,34 @@ class PackCache:
                 self._unlink(e, "invalidated")
             self._update_gauges()
 
+    def invalidate_pinned(self, task_id: str, reason: str = "invalidated") -> None:
+        """Drop the task's pinned-version entries (and forget their failures and loads in flight)."""
+        prefix = f"{task_id}@"
+        with self._lock:
+            for key in {k for k in (*self._entries, *self._flights, *self._failures) if k.startswith(prefix)}:
+                self._gen[key] = self._gen.get(key, 0) + 1
+                self._failures.pop(key, None)
+                e = self._entries.pop(key, None)
+                if e is not None:
+                    self._unlink(e, reason)
+            self._update_gauges()
+
     def on_event(self, ev: StoreEvent) -> None:
         """Store subscription callback (runs on the store's event thread)."""
         if ev.kind == "resync":
             self.invalidate_all()
+        elif ev.kind in ALIAS_EVENTS:
+            return
         elif ev.kind in ("corrupt", "repair"):  # the bytes changed state, whatever the version says
-            with self._lock:
-                hit = [tid for tid, e in self._entries.items() if e.task.sha256 == ev.sha256]
-            for tid in {*hit, ev.task_id} - {"*"}:
-                self.invalidate(tid, "corrupt" if ev.kind == "corrupt" else "invalidated")
+            reason = "corrupt" if ev.kind == "corrupt" else "invalidated"
+            with self._lock:  # current and pinned entries (task@3) alike
+                hit = [key for key, e in self._entries.items() if e.task.sha256 == ev.sha256]
+            for key in {*hit, ev.task_id} - {"*"}:
+                self.invalidate(key, reason)
+            if ev.task_id != "*":
+                self.invalidate_pinned(ev.task_id, reason)
         else:
+            self.invalidate_pinned(ev.task_id)
             cur = self.cached_version(ev.task_id)
             if cur is None or ev.sha256 is None or cur[1] != ev.sha256 or cur[0] != ev.version:
                 self.invalidate(ev.task_id)
@@ -199,6 +234,7 @@ class PackCache:
             return (e.task.version, e.task.sha256) if e is not None else None
 
     def cached_tasks(self) -> list[str]:
+        """Cache keys, least recently used first: task ids, and ``task@version`` for pinned versions."""
         with self._lock:
             return list(self._entries)
 
@@ -210,9 +246,16 @@ class PackCache:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _load_from_store(self, task_id: str) -> PreparedTask:
-        try:
-            rec, data = self.store.get_pack(task_id)  # verified: the bytes hash to rec.sha256
+    def _load_from_store(self, key: str) -> PreparedTask:
+        task_id, pinned = split_key(key)
+        try:  # verified: the bytes hash to rec.sha256
+            if pinned is None:
+                rec, data = self.store.get_pack(task_id)
+            else:  # one stored version: VersionNotFound (404) names the versions the task keeps
+                rec = self.store.get_record(task_id)
+                h = rec.find(pinned)
+                rec = dataclasses.replace(rec, version=h.version, sha256=h.sha256, backbone_id=h.backbone_id)
+                data = self.store.get_pack_bytes(h.sha256, task_id)
         except DigestMismatch as e:
             self.metrics.integrity_failures.labels("pack").inc()
             self.metrics.pack_failures.labels(e.code).inc()

@@ -14,6 +14,7 @@ The tree (blockstore's errors in brackets)::
     │   ├── BadImage                422 bad_image
     │   ├── PayloadTooLarge         413 payload_too_large
     │   ├── ImageTooLarge           413 image_too_large
+    │   ├── BadTensor               422 bad_tensor (an Open Inference Protocol tensor that does not fit)
     │   └── TooManyTasks            422 validation_error
     ├── AuthError
     │   ├── Unauthorized            401 unauthorized
@@ -50,10 +51,10 @@ from blockstore.errors import (
 from blockstore.taskid import validate_task_id
 
 __all__ = [
-    "AuthError", "BadImage", "ErrorBody", "Forbidden", "ImageTooLarge", "NotReady", "Overloaded",
+    "AuthError", "BadImage", "BadTensor", "ErrorBody", "Forbidden", "ImageTooLarge", "NotReady", "Overloaded",
     "PayloadTooLarge", "RequestError", "TaskUnavailable", "TooManyFiles", "TooManyTasks", "Unauthorized",
     "UnsupportedMediaType",
-    "error_responses", "install_error_handlers", "status_of",
+    "error_responses", "headers_of", "install_error_handlers", "status_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,10 @@ class PayloadTooLarge(RequestError):
 
 class ImageTooLarge(RequestError):
     code = "image_too_large"
+
+
+class BadTensor(RequestError):
+    code = "bad_tensor"
 
 
 class TooManyTasks(RequestError):
@@ -161,16 +166,22 @@ def _json(status: int, code: str, detail: str, headers: dict[str, str] | None = 
     return JSONResponse(ErrorBody(error=code, detail=detail).model_dump(), status_code=status, headers=headers)
 
 
+def headers_of(exc: NetTailorError) -> dict[str, str] | None:
+    """The headers an error answer carries (Retry-After on every 503, WWW-Authenticate on 401), on /v1
+    and /v2 alike."""
+    if isinstance(exc, Overloaded):
+        return {"Retry-After": str(exc.retry_after)}
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, (StoreUnavailable, TaskUnavailable, NotReady, CorruptRecord)):
+        return {"Retry-After": "1"}
+    return None
+
+
 async def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, NetTailorError)
     status = status_of(exc)
-    headers = None
-    if isinstance(exc, Overloaded):
-        headers = {"Retry-After": str(exc.retry_after)}
-    elif isinstance(exc, Unauthorized):
-        headers = {"WWW-Authenticate": "Bearer"}
-    elif isinstance(exc, (StoreUnavailable, TaskUnavailable, NotReady, CorruptRecord)):
-        headers = {"Retry-After": "1"}
+    headers = headers_of(exc)
     if status >= 500 and not isinstance(exc, (StoreUnavailable, TaskUnavailable, Overloaded, NotReady, CorruptRecord)):
         log.error("unmapped domain error %s: %s", type(exc).__name__, exc.detail)
     return _json(status, exc.code, exc.detail, headers)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import anyio.to_thread
 import torch
@@ -17,14 +18,15 @@ from blockstore import InvalidTaskId, NetTailorError, NotFound, Preprocess, vali
 
 from .batching import Batcher, RunResult
 from .cache import Lease, PackCache
-from .errors import BadImage, TooManyTasks
+from .errors import BadImage, BadTensor, TooManyTasks
 from .executor import PreparedTask
 from .images import decode_image
 from .logs import note_result
 from .metrics import Metrics
 from .schemas import BatchPrediction, Label, MultiPrediction, Prediction, Timings
+from .versions import CURRENT, AliasTable, Pin, acquire
 
-__all__ = ["Inference", "parse_task_list"]
+__all__ = ["Inference", "Inferred", "parse_task_list"]
 
 _INLINE_DECODE_BYTES = 256 * 1024  # smaller uploads decode on the event loop; larger ones in a thread
 
@@ -57,11 +59,36 @@ def _ms(seconds: float) -> float:
     return round(seconds * 1000.0, 3)
 
 
+@dataclass(frozen=True)
+class Inferred:
+    """What :meth:`Inference.infer` answers: the version that ran and every class's probability."""
+
+    task_id: str
+    version: int
+    pack_version: str
+    labels: list[str]
+    probs: Tensor  # CPU float32 [N, classes]
+
+
+def _rows(x: Tensor, pre: Preprocess) -> list[Tensor]:
+    """An already preprocessed float32 batch ``[N, C, size, size]`` as executor rows ``[3, size, size]``
+    (C is 3, or 1 for a grey task, whose channel is replicated as :meth:`Preprocess.normalize` does)."""
+    want = f"[N, 3, {pre.size}, {pre.size}]" + (f" or [N, 1, {pre.size}, {pre.size}]" if pre.channels == 1 else "")
+    if x.dtype != torch.float32 or x.dim() != 4 or x.shape[2:] != (pre.size, pre.size) \
+            or x.shape[1] not in {3, pre.channels} or x.shape[0] < 1:
+        raise BadTensor(f"the input tensor is {str(x.dtype).removeprefix('torch.')}{list(x.shape)}; "
+                        f"this task takes float32 {want}")
+    if not bool(torch.isfinite(x).all()):
+        raise BadTensor("the input tensor holds NaN or infinite values")
+    return list(x.expand(-1, 3, -1, -1).unbind(0))
+
+
 class Inference:
     def __init__(self, cache: PackCache, batcher: Batcher, metrics: Metrics, *, max_pixels: int,
-                 max_tasks: int) -> None:
+                 max_tasks: int, aliases: AliasTable | None = None) -> None:
         self.cache, self.batcher, self.metrics = cache, batcher, metrics
         self.max_pixels, self.max_tasks = max_pixels, max_tasks
+        self.aliases = aliases or AliasTable(cache.store)
 
     async def _decode(self, blobs: Sequence[bytes]) -> list[Image.Image]:
         if sum(len(b) for b in blobs) <= _INLINE_DECODE_BYTES:
@@ -75,11 +102,17 @@ class Inference:
             if outcome == "ok":
                 self.metrics.latency.labels(label, endpoint).observe(seconds)
 
-    async def _leases(self, task_ids: Sequence[str]) -> list[Lease]:
+    async def _lease(self, task_id: str, pin: Pin) -> Lease:
+        """Version resolution: the current version, or the one ``pin`` names (server.versions)."""
+        if pin.is_current:
+            return await self.cache.acquire(task_id)
+        return await acquire(self.cache, self.aliases, task_id, pin)
+
+    async def _leases(self, task_ids: Sequence[str], pin: Pin = CURRENT) -> list[Lease]:
         leases: list[Lease] = []
         try:
             for tid in task_ids:
-                leases.append(await self.cache.acquire(tid))
+                leases.append(await self._lease(tid, pin))
         except BaseException:
             for lease in leases:
                 lease.release()
@@ -99,17 +132,21 @@ class Inference:
 
     # -- the three forms ------------------------------------------------------------------
 
-    async def predict(self, task_id: str, blob: bytes, top_k: int, t0: float) -> Prediction:
+    async def predict(self, task_id: str, blob: bytes, top_k: int, t0: float, pin: Pin = CURRENT) -> Prediction:
         validate_task_id(task_id)
-        return await self._observed([task_id], "predict", t0, self._predict(task_id, [blob], top_k, t0, False))
+        return await self._observed([task_id], "predict", t0,
+                                    self._predict(task_id, [blob], top_k, t0, False, pin))
 
-    async def predict_batch(self, task_id: str, blobs: list[bytes], top_k: int, t0: float) -> BatchPrediction:
+    async def predict_batch(self, task_id: str, blobs: list[bytes], top_k: int, t0: float,
+                            pin: Pin = CURRENT) -> BatchPrediction:
         validate_task_id(task_id)
-        return await self._observed([task_id], "predict_batch", t0, self._predict(task_id, blobs, top_k, t0, True))
+        return await self._observed([task_id], "predict_batch", t0,
+                                    self._predict(task_id, blobs, top_k, t0, True, pin))
 
-    async def _predict(self, task_id: str, blobs: list[bytes], top_k: int, t0: float, batch: bool):  # type: ignore[no-untyped-def]
+    async def _predict(self, task_id: str, blobs: list[bytes], top_k: int, t0: float, batch: bool,  # type: ignore[no-untyped-def]
+                       pin: Pin = CURRENT):
         imgs = await self._decode(blobs)
-        (lease,) = await self._leases([task_id])
+        (lease,) = await self._leases([task_id], pin)
         with lease:
             task = lease.task
             xs = [_preprocess(img, task.preprocess) for img in imgs]
@@ -123,13 +160,15 @@ class Inference:
             return Prediction(task_id=task_id, version=task.version, pack_version=task.pack_version,
                               predictions=_top_k(out[0].logits, task.labels, top_k), timings_ms=timings)
 
-    async def predict_multi(self, tasks: str, blob: bytes, top_k: int, t0: float) -> MultiPrediction:
+    async def predict_multi(self, tasks: str, blob: bytes, top_k: int, t0: float,
+                            pin: Pin = CURRENT) -> MultiPrediction:
         ids = parse_task_list(tasks, self.max_tasks)
-        return await self._observed(ids, "predict_multi", t0, self._predict_multi(ids, blob, top_k, t0))
+        return await self._observed(ids, "predict_multi", t0, self._predict_multi(ids, blob, top_k, t0, pin))
 
-    async def _predict_multi(self, ids: list[str], blob: bytes, top_k: int, t0: float) -> MultiPrediction:
+    async def _predict_multi(self, ids: list[str], blob: bytes, top_k: int, t0: float,
+                             pin: Pin = CURRENT) -> MultiPrediction:
         (img,) = await self._decode([blob])
-        leases = await self._leases(ids)
+        leases = await self._leases(ids, pin)
         try:
             groups: dict[Preprocess, list[PreparedTask]] = {}
             for lease in leases:
@@ -151,6 +190,29 @@ class Inference:
         finally:
             for lease in leases:
                 lease.release()
+
+    # -- raw probabilities (the Open Inference Protocol) --------------------------------------
+
+    async def infer(self, task_id: str, t0: float, *, images: list[bytes] | None = None,
+                    tensor: Tensor | None = None, pin: Pin = CURRENT) -> Inferred:
+        """Every class's probability for encoded ``images``, or for a ``tensor`` already preprocessed
+        as the task's pack says; the same decoding, preprocessing and batcher as the forms above."""
+        validate_task_id(task_id)
+        return await self._observed([task_id], "infer", t0, self._infer(task_id, images, tensor, pin))
+
+    async def _infer(self, task_id: str, images: list[bytes] | None, tensor: Tensor | None, pin: Pin) -> Inferred:
+        imgs = await self._decode(images) if images is not None else None
+        (lease,) = await self._leases([task_id], pin)
+        with lease:
+            task = lease.task
+            if imgs is not None:
+                xs = [_preprocess(img, task.preprocess) for img in imgs]
+            else:
+                assert tensor is not None
+                xs = _rows(tensor, task.preprocess)
+            out = await self.batcher.run([(task, x) for x in xs])
+            probs = torch.stack([torch.softmax(r.logits.float(), dim=0) for r in out])  # as _top_k does
+            return Inferred(task.task_id, task.version, task.pack_version, task.labels, probs)
 
     @staticmethod
     def _timings(t0: float, t_dec: float, out: Sequence[RunResult]) -> Timings:

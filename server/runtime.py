@@ -35,6 +35,7 @@ from .inference import Inference
 from .metrics import Metrics
 from .settings import Settings
 from .tasks import TaskManager
+from .versions import AliasTable
 
 __all__ = ["Runtime", "keep_trying", "start"]
 
@@ -65,10 +66,12 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
     batcher = Batcher(Executor(backbone), max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics)
-    tasks = TaskManager(store, backbone, cache)
+    aliases = AliasTable(store)
+    tasks = TaskManager(store, backbone, cache, aliases)
 
     def on_event(ev: StoreEvent) -> None:
         cache.on_event(ev)
+        aliases.on_event(ev)
         if ev.kind == "delete":  # what this replica remembers of the task goes with it
             tasks.forget(ev.task_id)
             metrics.forget_task(ev.task_id)
@@ -79,7 +82,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         batcher.close()
         raise
     inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
-                          max_tasks=settings.max_tasks_per_request)
+                          max_tasks=settings.max_tasks_per_request, aliases=aliases)
     return Runtime(backbone, cache, batcher, inference, tasks, subscription)
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 __all__ = [
+    "AliasChangeInfo", "AliasRequest", "Aliases",
     "BatchPrediction", "Health", "Label", "MultiPrediction", "Prediction", "Readiness", "Registered",
     "RollbackRequest", "TaskDetail", "TaskList", "TaskSummary", "Timings", "VersionInfo",
 ]
@@ -74,6 +75,12 @@ class VersionInfo(BaseModel):
     registered_at: float
 
 
+class AliasChangeInfo(BaseModel):
+    alias: str
+    version: int | None = Field(description="the version the alias pointed at from then on; null: removed")
+    at: float
+
+
 class TaskDetail(TaskSummary):
     """Only a servable task has a detail; an unavailable one answers 503 task_unavailable."""
 
@@ -94,6 +101,8 @@ class TaskDetail(TaskSummary):
     metrics: dict[str, Any]
     history: list[VersionInfo]
     updated_at: float
+    aliases: dict[str, int] = Field(default_factory=dict, description="alias -> store version")
+    alias_log: list[AliasChangeInfo] = Field(default_factory=list, description="recent alias changes, oldest first")
 
 
 class TaskList(BaseModel):
@@ -109,6 +118,16 @@ class Registered(BaseModel):
 
 class RollbackRequest(BaseModel):
     version: int = Field(ge=1, description="an earlier version of the task (see TaskDetail.history)")
+
+
+class AliasRequest(BaseModel):
+    version: int = Field(ge=1, description="the store version the alias points at (see TaskDetail.history)")
+
+
+class Aliases(BaseModel):
+    task_id: str
+    aliases: dict[str, int] = Field(description="alias -> store version, after the change")
+    changed: bool = Field(description="false when the call left the task as it was")
 
 
 class Health(BaseModel):

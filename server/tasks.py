@@ -11,6 +11,7 @@ freshly started or long running, gives the same answer.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import OrderedDict
@@ -20,10 +21,12 @@ from typing import Any
 import anyio.to_thread
 
 from blockstore import (
+    AliasNotFound,
     Backbone,
     CorruptRecord,
     PackNotFound,
     PackTaskMismatch,
+    Preprocess,
     Store,
     StoreUnavailable,
     TaskNotFound,
@@ -35,9 +38,10 @@ from blockstore import (
 
 from .cache import PackCache
 from .errors import TaskUnavailable
-from .schemas import Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
+from .schemas import AliasChangeInfo, Aliases, Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
+from .versions import AliasTable, Pin
 
-__all__ = ["TaskManager"]
+__all__ = ["TaskManager", "VersionFacts"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,19 @@ class _PackFacts:
     cost: dict[str, int]
 
 
+@dataclass(frozen=True)
+class VersionFacts:
+    """One stored version of a task, as the Open Inference Protocol's model metadata needs it."""
+
+    task_id: str
+    version: int
+    pack_version: str
+    versions: list[int]  # every version the task retains
+    aliases: dict[str, int]
+    labels: list[str]
+    preprocess: Preprocess
+
+
 def _accuracy(metrics: dict[str, Any]) -> float | None:
     for key in ("test_acc", "accuracy", "val_acc"):
         v = metrics.get(key)
@@ -65,8 +82,9 @@ def _accuracy(metrics: dict[str, Any]) -> float | None:
 
 
 class TaskManager:
-    def __init__(self, store: Store, backbone: Backbone, cache: PackCache) -> None:
+    def __init__(self, store: Store, backbone: Backbone, cache: PackCache, aliases: AliasTable | None = None) -> None:
         self.store, self.backbone, self.cache = store, backbone, cache
+        self.aliases = aliases
         self._bn = bn_buffers_per_block(backbone)
         self._facts: OrderedDict[str, _PackFacts] = OrderedDict()
         self._lock = threading.Lock()
@@ -141,7 +159,41 @@ class TaskManager:
             preprocess=f.preprocess, plan=f.plan, metrics=f.metrics, updated_at=rec.updated_at,
             history=[VersionInfo(version=h.version, sha256=h.sha256, pack_version=h.pack_version,
                                  registered_at=h.registered_at) for h in rec.history],
+            aliases=dict(rec.aliases),
+            alias_log=[AliasChangeInfo(alias=c.alias, version=c.version, at=c.at) for c in rec.alias_log],
         )
+
+    def _version_facts(self, task_id: str, pin: Pin) -> VersionFacts:
+        validate_task_id(task_id)
+        rec = self.store.get_record(task_id)
+        version = rec.version if pin.version is None else pin.version
+        if pin.alias is not None:
+            if pin.alias not in rec.aliases:
+                raise AliasNotFound(f"task {task_id!r} has no alias {pin.alias!r} (has {sorted(rec.aliases)})")
+            version = rec.aliases[pin.alias]
+        h = rec.find(version)
+        f = self._pack_facts(dataclasses.replace(rec, version=h.version, sha256=h.sha256))
+        return VersionFacts(task_id, h.version, f.pack_version, [x.version for x in rec.history], dict(rec.aliases),
+                            f.labels, Preprocess(**f.preprocess))
+
+    def _index(self) -> list[tuple[str, int]]:
+        out = []
+        for tid in self.store.list_tasks():
+            try:
+                out.append((tid, self.store.get_record(tid).version))
+            except StoreUnavailable:
+                raise
+            except Exception as e:  # a task deleted meanwhile, a record another tool damaged
+                log.warning("the repository index skips %s: %s", tid, getattr(e, "detail", e))
+        return out
+
+    async def version_facts(self, task_id: str, pin: Pin) -> VersionFacts:
+        """The stored version ``pin`` names (the current one by default): NotFound, TaskUnavailable."""
+        return await anyio.to_thread.run_sync(self._version_facts, task_id, pin)
+
+    async def index(self) -> list[tuple[str, int]]:
+        """Every task and its current version."""
+        return await anyio.to_thread.run_sync(self._index)
 
     async def list(self) -> TaskList:
         return await anyio.to_thread.run_sync(self._list)
@@ -159,8 +211,9 @@ class TaskManager:
         pack.validate(self.backbone)  # every tensor checked against the plan and the backbone
         rec, changed = self.store.register(task_id, data)
         # This replica at once (the others on the store event); also when unchanged, since the same
-        # bytes repair a pack that was marked corrupt.
+        # bytes repair a pack that was marked corrupt.  Retention may have pruned a pinned version.
         self.cache.invalidate(task_id)
+        self.cache.invalidate_pinned(task_id)
         created = changed and len(rec.history) == 1
         return Registered(task_id=task_id, version=rec.version, sha256=rec.sha256, changed=changed), created
 
@@ -168,7 +221,9 @@ class TaskManager:
         validate_task_id(task_id)
         self.store.delete(task_id)
         self.cache.invalidate(task_id)
+        self.cache.invalidate_pinned(task_id)
         self.forget(task_id)
+        self._forget_aliases(task_id)
 
     def _rollback(self, task_id: str, version: int) -> Registered:
         validate_task_id(task_id)
@@ -188,3 +243,25 @@ class TaskManager:
 
     async def rollback(self, task_id: str, version: int) -> Registered:
         return await anyio.to_thread.run_sync(self._rollback, task_id, version)
+
+    # -- aliases --------------------------------------------------------------------------
+
+    def _forget_aliases(self, task_id: str) -> None:
+        if self.aliases is not None:  # this replica at once; the others on the store event
+            self.aliases.forget(task_id)
+
+    def _set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        rec, changed = self.store.set_alias(task_id, alias, version)
+        if changed:
+            self._forget_aliases(task_id)
+        return Aliases(task_id=task_id, aliases=dict(rec.aliases), changed=changed)
+
+    def _delete_alias(self, task_id: str, alias: str) -> None:
+        self.store.delete_alias(task_id, alias)
+        self._forget_aliases(task_id)
+
+    async def set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        return await anyio.to_thread.run_sync(self._set_alias, task_id, alias, version)
+
+    async def delete_alias(self, task_id: str, alias: str) -> None:
+        await anyio.to_thread.run_sync(self._delete_alias, task_id, alias)

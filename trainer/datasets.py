@@ -297,7 +297,8 @@ def _combine(parts: list[tuple[str, RawData]]) -> RawData:
         labels = [d.labels + off for d, off in zip(splits, offsets)]  # type: ignore[union-attr]
         return ImageData(torch.cat(imgs).contiguous(), torch.cat(labels))
 
-    offsets, classes = [], []
+    offsets: list[int] = []
+    classes: list[str] = []
     for name, r in parts:
         offsets.append(len(classes))
         classes += [f"{name}/{c}" for c in r.classes]

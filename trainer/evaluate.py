@@ -73,7 +73,7 @@ def plot_confusion(result: dict, path: Path) -> None:
     for i in range(k):
         for j in range(k):
             if cm[i, j]:
-                ax.text(j, i, int(cm[i, j]), ha="center", va="center", fontsize=7,
+                ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                         color="white" if norm[i, j] > 0.5 else "black")
     ax.set_xticks(range(k), result["labels"], rotation=90, fontsize=7)
     ax.set_yticks(range(k), result["labels"], fontsize=7)

@@ -61,7 +61,7 @@ def _draw(kind: str, size: int, rng: np.random.Generator) -> Image.Image:
             k = 0.55 if kind == "ring" else 0.85
             ox, oy = (0.0, 0.0) if kind == "ring" else (r * 0.45 * math.cos(a := rng.uniform(0, 6.3)),
                                                           r * 0.45 * math.sin(a))
-            hole = tuple(int(v) for v in img.getpixel((int(max(0, cx - r - 2)), int(cy))))
+            hole = tuple(int(v) for v in img.getpixel((int(max(0, cx - r - 2)), int(cy))))  # type: ignore[union-attr]
             d.ellipse([cx + ox - k * r, cy + oy - k * r, cx + ox + k * r, cy + oy + k * r], fill=hole)
     else:
         a = rng.uniform(0, 2 * math.pi)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 
 from ..errors import StoreConfigError
-from .base import Store, StoreEvent, Subscription, TaskRecord, VersionRecord
+from .base import ALIAS_EVENTS, AliasChange, Store, StoreEvent, Subscription, TaskRecord, VersionRecord
 from .dirstore import DirStore
 from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport
 from .redisstore import RedisStore
 
 __all__ = [
+    "ALIAS_EVENTS",
     "DEFAULT_KEEP_VERSIONS",
     "DEFAULT_STORE",
+    "AliasChange",
     "DirStore",
     "GcReport",
     "RedisStore",

@@ -3,7 +3,8 @@
 A store holds backbones (by id), immutable pack bytes (by SHA-256) and, per task, a record that
 points at the current pack plus the history of its last versions, for rollback.  Versions are
 integers that the store assigns (1, 2, ...); the pack's own ``version`` string is kept as
-``pack_version``.
+``pack_version``.  Aliases (``production``, ``canary``) are named pointers to versions in the history,
+kept in the same record (so they change atomically with it) with a bounded log of every alias change.
 
 Integrity: every read of stored bytes verifies them against their address, here and nowhere else
 (:meth:`Store.get_pack_bytes`, :meth:`Store.get_backbone`).  A pack whose bytes no longer hash to
@@ -11,8 +12,9 @@ their digest is recorded as corrupt *in the store* and announced with a ``corrup
 replica, the one that found it and those that still hold a good copy in memory, refuses it alike until
 an operator registers a pack again (the same bytes repair it).
 
-Lifecycle: each task keeps its last ``keep_versions`` versions (:mod:`.lifecycle`); bytes that no
-record names are collected on delete and update, and by :meth:`Store.collect_garbage`.
+Lifecycle: each task keeps its last ``keep_versions`` versions (:mod:`.lifecycle`) plus every version
+an alias points at (retention never drops an aliased version); bytes that no record names are
+collected on delete and update, and by :meth:`Store.collect_garbage`.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from ..errors import (
+    AliasNotFound,
     BackboneNotFound,
     CorruptBackbone,
     CorruptRecord,
@@ -36,10 +39,15 @@ from ..errors import (
     VersionNotFound,
 )
 from ..pack import PackInfo, read_pack_info
-from ..taskid import validate_task_id
+from ..taskid import validate_alias, validate_task_id
 from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport, retained
 
-__all__ = ["GcReport", "Store", "StoreEvent", "Subscription", "TaskRecord", "VersionRecord"]
+__all__ = [
+    "ALIAS_EVENTS", "ALIAS_LOG_LIMIT", "AliasChange", "GcReport", "Store", "StoreEvent", "Subscription",
+    "TaskRecord", "VersionRecord",
+]
+
+ALIAS_LOG_LIMIT = 100  # alias changes kept per task record
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +62,15 @@ class VersionRecord:
 
 
 @dataclass(frozen=True)
+class AliasChange:
+    """One entry of a task's alias log: ``alias`` pointed at ``version`` (None: removed) from ``at``."""
+
+    alias: str
+    version: int | None
+    at: float
+
+
+@dataclass(frozen=True)
 class TaskRecord:
     task_id: str
     version: int
@@ -61,10 +78,13 @@ class TaskRecord:
     backbone_id: str
     updated_at: float
     history: tuple[VersionRecord, ...] = field(default_factory=tuple)
+    aliases: dict[str, int] = field(default_factory=dict, hash=False)  # alias -> version in history
+    alias_log: tuple[AliasChange, ...] = field(default_factory=tuple)  # the last ALIAS_LOG_LIMIT changes
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["history"] = [asdict(h) for h in self.history]
+        d["alias_log"] = [asdict(c) for c in self.alias_log]
         return d
 
     @classmethod
@@ -74,15 +94,20 @@ class TaskRecord:
             hist = tuple(VersionRecord(int(h["version"]), str(h["sha256"]), str(h["backbone_id"]),
                                        str(h["pack_version"]), float(h["registered_at"])) for h in d["history"])
             return cls(str(d["task_id"]), int(d["version"]), str(d["sha256"]), str(d["backbone_id"]),
-                       float(d["updated_at"]), hist)
+                       float(d["updated_at"]), hist, *alias_fields(d))
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             name = d.get("task_id", "?") if isinstance(d, dict) else "?"
             raise CorruptRecord(f"the stored record of task {name!r} is malformed ({type(e).__name__}: {e}); "
                                 "delete the task to clear it") from None
 
     def referenced(self) -> frozenset[str]:
-        """The pack digests this record keeps alive: the current pointer and every version in history."""
+        """The pack digests this record keeps alive: the current pointer and every version in history
+        (which holds every aliased version, see :func:`pinned_versions`)."""
         return frozenset({self.sha256, *(h.sha256 for h in self.history)})
+
+    def pinned_versions(self) -> tuple[int, ...]:
+        """Versions retention must keep whatever their age: the current one and every alias target."""
+        return (self.version, *sorted(set(self.aliases.values())))
 
     def find(self, version: int) -> VersionRecord:
         for h in self.history:
@@ -92,14 +117,25 @@ class TaskRecord:
         raise VersionNotFound(f"task {self.task_id!r} has no version {version} (has {have})")
 
 
+def alias_fields(d: dict) -> tuple[dict[str, int], tuple[AliasChange, ...]]:
+    """``aliases`` and ``alias_log`` from a serialised record; records written before aliases have none."""
+    aliases = {str(k): int(v) for k, v in (d.get("aliases") or {}).items()}
+    return aliases, tuple(AliasChange(**c) for c in d.get("alias_log") or ())
+
+
 @dataclass(frozen=True)
 class StoreEvent:
-    # "register" | "update" | "rollback" | "delete"; "corrupt": a pack failed its digest check (task_id may
-    # be "*"); "repair": a registration rewrote bytes that were marked corrupt; "resync": events were lost.
+    # "register" | "update" | "rollback" | "delete"; "alias" | "unalias": an alias moved (no pack changes);
+    # "corrupt": a pack failed its digest check (task_id may be "*"); "repair": a registration rewrote
+    # bytes that were marked corrupt; "resync": events were lost (local).
     kind: str
     task_id: str
     version: int | None = None
     sha256: str | None = None
+    alias: str | None = None  # the alias an "alias" or "unalias" event names
+
+
+ALIAS_EVENTS = ("alias", "unalias")  # they move a pointer: no pack changes
 
 
 class Subscription(ABC):
@@ -134,21 +170,46 @@ def next_record(task_id: str, old: TaskRecord | None, info: PackInfo,
     now = time.time()
     version = 1 + max((h.version for h in old.history), default=0) if old else 1
     entry = VersionRecord(version, info.sha256, info.backbone_id, info.version, now)
-    history = retained((old.history if old else ()) + (entry,), keep, pinned=(version,))
-    return TaskRecord(task_id, version, info.sha256, info.backbone_id, now, history)
+    if old is None:
+        return TaskRecord(task_id, version, info.sha256, info.backbone_id, now, (entry,))
+    # Aliased versions are pinned like the new current one: retention never drops an alias's target.
+    history = retained((*old.history, entry), keep, pinned=(version, *old.aliases.values()))
+    # replace() keeps the record's other fields (aliases, their log) as they were
+    return replace(old, version=version, sha256=info.sha256, backbone_id=info.backbone_id, updated_at=now,
+                   history=history)
 
 
 def pruned(old: TaskRecord, keep: int) -> TaskRecord | None:
     """``old`` with its history cut to the retention policy; None when nothing is dropped."""
-    history = retained(old.history, keep, pinned=(old.version,))
+    history = retained(old.history, keep, pinned=old.pinned_versions())
     if len(history) == len(old.history):
         return None
-    return TaskRecord(old.task_id, old.version, old.sha256, old.backbone_id, old.updated_at, history)
+    return replace(old, history=history)  # aliases and their log stay
 
 
 def rolled_back(old: TaskRecord, version: int) -> TaskRecord:
     h = old.find(version)
-    return TaskRecord(old.task_id, h.version, h.sha256, h.backbone_id, time.time(), old.history)
+    return replace(old, version=h.version, sha256=h.sha256, backbone_id=h.backbone_id, updated_at=time.time())
+
+
+def with_alias(old: TaskRecord, alias: str, version: int) -> TaskRecord | None:
+    """The record with ``alias`` pointing at ``version`` (which must be in the history); None when it
+    already does (idempotent, like registering the current bytes again)."""
+    old.find(version)
+    if old.aliases.get(alias) == version:
+        return None
+    return replace(old, aliases={**old.aliases, alias: version}, alias_log=_logged(old, alias, version))
+
+
+def without_alias(old: TaskRecord, alias: str) -> TaskRecord:
+    if alias not in old.aliases:
+        raise AliasNotFound(f"task {old.task_id!r} has no alias {alias!r} (has {sorted(old.aliases)})")
+    aliases = {k: v for k, v in old.aliases.items() if k != alias}
+    return replace(old, aliases=aliases, alias_log=_logged(old, alias, None))
+
+
+def _logged(old: TaskRecord, alias: str, version: int | None) -> tuple[AliasChange, ...]:
+    return (*old.alias_log, AliasChange(alias, version, time.time()))[-ALIAS_LOG_LIMIT:]
 
 
 class Store(ABC):
@@ -345,6 +406,32 @@ class Store(ABC):
             except NetTailorError as e:
                 bad[bid] = e.detail
         return bad
+
+    def set_alias(self, task_id: str, alias: str, version: int) -> tuple[TaskRecord, bool]:
+        """Point ``alias`` at ``version`` of the task (VersionNotFound unless it is in the history).
+        Returns the record and whether it changed; a change is logged and announced as an event."""
+        validate_task_id(task_id)
+        validate_alias(alias)
+
+        def change(old: TaskRecord) -> tuple[TaskRecord, StoreEvent] | None:
+            new = with_alias(old, alias, int(version))
+            return None if new is None else (new, StoreEvent("alias", task_id, int(version), alias=alias))
+
+        return self._change_record(task_id, change)
+
+    def delete_alias(self, task_id: str, alias: str) -> TaskRecord:
+        """Remove ``alias`` from the task (AliasNotFound when it has no such alias)."""
+        validate_task_id(task_id)
+        validate_alias(alias)
+        rec, _ = self._change_record(
+            task_id, lambda old: (without_alias(old, alias), StoreEvent("unalias", task_id, alias=alias)))
+        return rec
+
+    @abstractmethod
+    def _change_record(self, task_id: str,
+                       change: Callable[[TaskRecord], tuple[TaskRecord, StoreEvent] | None]) -> tuple[TaskRecord, bool]:
+        """Apply ``change`` to an existing task's record atomically and publish its event; ``change``
+        returns None to leave the record as it is.  Raises TaskNotFound for an unknown task."""
 
     @abstractmethod
     def subscribe(self, callback: Callable[[StoreEvent], None]) -> Subscription:

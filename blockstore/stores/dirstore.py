@@ -241,6 +241,18 @@ class DirStore(Store):
             self._log(StoreEvent("rollback", task_id, new.version, new.sha256))
             return new
 
+    def _change_record(self, task_id: str,
+                       change: Callable[[TaskRecord], tuple[TaskRecord, StoreEvent] | None]) -> tuple[TaskRecord, bool]:
+        with self._locked():
+            old = self.get_record(task_id)
+            done = change(old)
+            if done is None:
+                return old, False
+            new, event = done
+            self._save_record(new)
+            self._log(event)
+            return new, True
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def _prune(self, task_id: str) -> int:

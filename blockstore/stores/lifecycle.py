@@ -1,7 +1,8 @@
 """The lifecycle of pack bytes: which versions a task keeps, and which bytes may be collected.
 
 * **Retention**: a task keeps its last ``keep`` versions (by version number) for rollback, plus the
-  version it currently points at; registering a new version drops the older ones from its history.
+  version it currently points at and every version an alias names; registering a new version drops
+  the older ones from its history.
 * **Collection**: pack bytes that no task record names, in its current pointer or its history, are
   garbage.  Marking is deliberately conservative: every SHA-256 digest written anywhere in a task's
   stored record counts as referenced, so a record with fields this code does not know (aliases, a

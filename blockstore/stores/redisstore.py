@@ -5,11 +5,12 @@ Keys (``nt:`` is the default prefix; tests use their own)::
     nt:pack:<sha256>        immutable pack bytes (content-addressed)
     nt:packs                set of the digests of every stored pack (what a collection sweeps)
     nt:corrupt              hash: digest -> why those bytes failed their digest check
-    nt:task:<task_id>       hash: version, sha256, backbone_id, updated_at, history (JSON)
+    nt:task:<task_id>       hash: version, sha256, backbone_id, updated_at, history, aliases, alias_log (JSON)
     nt:tasks                set of task ids
     nt:backbone:<id>        backbone bytes
     nt:backbone-default     id of the default backbone
-    nt:events               pub/sub channel: register, update, rollback, delete, corrupt and repair events
+    nt:events               pub/sub channel: register, update, rollback, delete, alias, unalias, corrupt and
+                            repair events
 
 Task changes are MULTI/EXEC transactions under WATCH, retried a bounded number of times
 (``max_attempts``, with jittered backoff) before they fail with StoreUnavailable; events are published
@@ -190,11 +191,12 @@ class RedisStore(Store):
             return None
         try:
             d = {k.decode(): v.decode() for k, v in h.items()}
-            d["history"] = json.loads(d["history"])
-        except (KeyError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            # history, aliases and alias_log are JSON; records written before aliases have none
+            parsed = {k: json.loads(d[k]) for k in ("history", "aliases", "alias_log") if k in d}
+        except ValueError as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
             raise CorruptRecord(f"the stored record of task {task_id!r} is malformed ({type(e).__name__}: {e}); "
                                 "delete the task to clear it") from None
-        return TaskRecord.from_dict({**d, "task_id": task_id})
+        return TaskRecord.from_dict({**d, **parsed, "task_id": task_id})
 
     @staticmethod
     def _mapping(rec: TaskRecord) -> dict[str, str]:
@@ -202,6 +204,7 @@ class RedisStore(Store):
         return {
             "version": str(rec.version), "sha256": rec.sha256, "backbone_id": rec.backbone_id,
             "updated_at": repr(rec.updated_at), "history": json.dumps(d["history"]),
+            "aliases": json.dumps(d["aliases"]), "alias_log": json.dumps(d["alias_log"]),
         }
 
     def _put_record(self, pipe: Pipeline, rec: TaskRecord) -> None:
@@ -374,6 +377,29 @@ class RedisStore(Store):
         ntasks, kept, rest = int(out[0]), int(out[1]), out[2:]
         gone = tuple(d.decode() for d in rest[0::2])
         return GcReport(dry_run, ntasks, 0, kept, gone, sum(int(n) for n in rest[1::2]))
+
+    def _change_record(self, task_id: str,
+                       change: Callable[[TaskRecord], tuple[TaskRecord, StoreEvent] | None]) -> tuple[TaskRecord, bool]:
+        validate_task_id(task_id)
+        key = self._k("task", task_id)
+
+        def attempt(pipe: Pipeline) -> tuple[TaskRecord, bool]:
+            pipe.watch(key)
+            old = self._record(task_id, pipe.hgetall(key))  # type: ignore[arg-type]
+            if old is None:
+                raise TaskNotFound(f"task {task_id!r} is not registered")
+            done = change(old)
+            if done is None:
+                pipe.unwatch()
+                return old, False
+            new, event = done
+            pipe.multi()
+            self._put_record(pipe, new)
+            self._publish(pipe, event)
+            pipe.execute()
+            return new, True
+
+        return self._atomic(f"changing task {task_id!r}", attempt)
 
     def ping(self) -> None:
         with self._guard():

@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 from .async_client import AsyncClient
 from .client import Client
 from .errors import (
+    AliasNotFound,
     APIError,
     AuthError,
     BackboneMismatch,
@@ -52,6 +53,8 @@ from .errors import (
     VersionNotFound,
 )
 from .models import (
+    AliasChange,
+    Aliases,
     BatchPrediction,
     HistoryEntry,
     Label,
@@ -66,7 +69,8 @@ from .retry import Retry
 from .session import AsyncTaskSession, CallRecord, TaskSession
 
 __all__ = [
-    "APIError", "AsyncClient", "AsyncTaskSession", "AuthError", "BackboneMismatch", "BadImage", "BatchPrediction",
+    "APIError", "AliasChange", "AliasNotFound", "Aliases",
+    "AsyncClient", "AsyncTaskSession", "AuthError", "BackboneMismatch", "BadImage", "BatchPrediction",
     "CallRecord", "Client", "ClientError", "CorruptPack", "Forbidden", "HistoryEntry", "ImageEncodingError",
     "ImageError", "ImageTooLarge", "InvalidRequest", "InvalidTaskId", "Label", "MultiPrediction", "NetTailorError",
     "NotFound", "Overloaded", "PackError", "PackTaskMismatch", "PayloadTooLarge", "Prediction", "Registered",

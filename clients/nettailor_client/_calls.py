@@ -18,7 +18,7 @@ import pydantic
 
 from .errors import ServerUnreachable, Timeout, TransportError, UnexpectedResponse
 from .images import ImageInput, encode_image
-from .models import BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
+from .models import Aliases, BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
 
 T = TypeVar("T")
 
@@ -88,26 +88,40 @@ def _hint(next_task: str | None) -> dict[str, str]:
     return {NEXT_TASK_HEADER: next_task} if next_task else {}
 
 
-def predict(task_id: str, image: ImageInput, top_k: int, next_task: str | None) -> Call[Prediction]:
-    return Call("POST", _task_path(task_id, "/predict"), _model(Prediction), params={"top_k": top_k},
+def pin_params(version: int | None, alias: str | None) -> dict[str, Any]:
+    """``?version=`` or ``?alias=``: which stored version of a task answers (default: the current one)."""
+    if version is not None and alias is not None:
+        raise ValueError("name a version or an alias, not both")
+    if version is not None:
+        if isinstance(version, bool) or int(version) < 1:
+            raise ValueError(f"a version is a positive integer, not {version!r}")
+        return {"version": int(version)}
+    return {"alias": alias} if alias is not None else {}
+
+
+def predict(task_id: str, image: ImageInput, top_k: int, next_task: str | None, *,
+            version: int | None = None, alias: str | None = None) -> Call[Prediction]:
+    return Call("POST", _task_path(task_id, "/predict"), _model(Prediction),
+                params={"top_k": top_k, **pin_params(version, alias)},
                 files=[("file", encode_image(image))], headers=_hint(next_task))
 
 
-def predict_batch(task_id: str, images: Iterable[ImageInput], top_k: int,
-                  next_task: str | None) -> Call[BatchPrediction]:
+def predict_batch(task_id: str, images: Iterable[ImageInput], top_k: int, next_task: str | None, *,
+                  version: int | None = None, alias: str | None = None) -> Call[BatchPrediction]:
     files = [("files", encode_image(im, f"image{i}")) for i, im in enumerate(images)]
     if not files:
         raise ValueError("predict_batch needs at least one image")
-    return Call("POST", _task_path(task_id, "/predict_batch"), _model(BatchPrediction), params={"top_k": top_k},
-                files=files, headers=_hint(next_task))
+    return Call("POST", _task_path(task_id, "/predict_batch"), _model(BatchPrediction),
+                params={"top_k": top_k, **pin_params(version, alias)}, files=files, headers=_hint(next_task))
 
 
-def predict_multi(image: ImageInput, tasks: str | Sequence[str], top_k: int,
-                  next_task: str | None) -> Call[MultiPrediction]:
+def predict_multi(image: ImageInput, tasks: str | Sequence[str], top_k: int, next_task: str | None, *,
+                  version: int | None = None, alias: str | None = None) -> Call[MultiPrediction]:
     names = [t.strip() for t in tasks.split(",")] if isinstance(tasks, str) else list(tasks)
     if not names or not all(names):
         raise ValueError(f"predict_multi needs one or more task ids, not {tasks!r}")
-    return Call("POST", "/v1/predict", _model(MultiPrediction), params={"tasks": ",".join(names), "top_k": top_k},
+    return Call("POST", "/v1/predict", _model(MultiPrediction),
+                params={"tasks": ",".join(names), "top_k": top_k, **pin_params(version, alias)},
                 files=[("file", encode_image(image))], headers=_hint(next_task))
 
 
@@ -145,6 +159,20 @@ def delete(task_id: str) -> Call[None]:
 
 def rollback(task_id: str, version: int) -> Call[Registered]:
     return Call("POST", _task_path(task_id, "/rollback"), _model(Registered), json={"version": int(version)})
+
+
+def _alias_path(task_id: str, alias: str) -> str:
+    if not isinstance(alias, str) or not alias:
+        raise ValueError(f"an alias must be a non-empty string, not {alias!r}")
+    return _task_path(task_id, f"/aliases/{quote(alias, safe='')}")
+
+
+def set_alias(task_id: str, alias: str, version: int) -> Call[Aliases]:
+    return Call("PUT", _alias_path(task_id, alias), _model(Aliases), json={"version": int(version)})
+
+
+def delete_alias(task_id: str, alias: str) -> Call[None]:
+    return Call("DELETE", _alias_path(task_id, alias), _none)
 
 
 def health() -> Call[dict[str, Any]]:

@@ -12,7 +12,7 @@ from . import _calls
 from ._calls import Call, PackInput
 from .errors import APIError, ServerError, TransportError, raise_for_response
 from .images import ImageInput
-from .models import BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
+from .models import Aliases, BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
 from .retry import Retry
 from .session import AsyncTaskSession
 
@@ -66,23 +66,27 @@ class AsyncClient:
             return call.parse(response)
 
     # inference
-    async def predict(self, task_id: str, image: ImageInput, *, top_k: int = 5,
-                      next_task: str | None = None) -> Prediction:
-        return await self._send(_calls.predict(task_id, image, top_k, next_task))
+    async def predict(self, task_id: str, image: ImageInput, *, top_k: int = 5, next_task: str | None = None,
+                      version: int | None = None, alias: str | None = None) -> Prediction:
+        return await self._send(_calls.predict(task_id, image, top_k, next_task, version=version, alias=alias))
 
     async def predict_batch(self, task_id: str, images: Iterable[ImageInput], *, top_k: int = 5,
-                            next_task: str | None = None) -> BatchPrediction:
-        return await self._send(_calls.predict_batch(task_id, images, top_k, next_task))
+                            next_task: str | None = None, version: int | None = None,
+                            alias: str | None = None) -> BatchPrediction:
+        return await self._send(_calls.predict_batch(task_id, images, top_k, next_task, version=version,
+                                                     alias=alias))
 
     async def predict_multi(self, image: ImageInput, tasks: str | Sequence[str], *, top_k: int = 5,
-                            next_task: str | None = None) -> MultiPrediction:
-        return await self._send(_calls.predict_multi(image, tasks, top_k, next_task))
+                            next_task: str | None = None, version: int | None = None,
+                            alias: str | None = None) -> MultiPrediction:
+        return await self._send(_calls.predict_multi(image, tasks, top_k, next_task, version=version,
+                                                     alias=alias))
 
     async def prefetch(self, task_id: str) -> None:
         await self._send(_calls.prefetch(task_id))
 
-    def task(self, task_id: str) -> AsyncTaskSession:
-        return AsyncTaskSession(self, task_id)
+    def task(self, task_id: str, *, version: int | None = None, alias: str | None = None) -> AsyncTaskSession:
+        return AsyncTaskSession(self, task_id, version=version, alias=alias)
 
     # operators
     async def list_tasks(self) -> list[TaskSummary]:
@@ -99,6 +103,12 @@ class AsyncClient:
 
     async def rollback(self, task_id: str, version: int) -> Registered:
         return await self._send(_calls.rollback(task_id, version))
+
+    async def set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        return await self._send(_calls.set_alias(task_id, alias, version))
+
+    async def delete_alias(self, task_id: str, alias: str) -> None:
+        await self._send(_calls.delete_alias(task_id, alias))
 
     async def health(self) -> dict[str, Any]:
         return await self._send(_calls.health())

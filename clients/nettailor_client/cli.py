@@ -56,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image files (JPEG, PNG or WebP), folders of them, or - to read paths from stdin")
     p.add_argument("--top-k", type=int, default=5, help="labels to return per image (default: 5)")
     add_folder_args(p)
+    pin = p.add_mutually_exclusive_group()
+    pin.add_argument("--version", dest="pin_version", type=int, default=None, metavar="N",
+                     help="answer with this stored version of the task (default: the current one)")
+    pin.add_argument("--alias", dest="pin_alias", default=None, metavar="NAME",
+                     help="answer with the version this alias (production, canary, ...) points at")
 
     sub.add_parser("tasks", parents=[common], help="list the registered tasks")
 
@@ -76,6 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", parents=[common], help="re-point a task at an earlier version")
     p.add_argument("task", metavar="ID", help="task id")
     p.add_argument("version", metavar="VERSION", type=int, help="store version (see 'task ID')")
+
+    p = sub.add_parser("alias", parents=[common], help="set or remove an alias: a named pointer to a version")
+    alias = p.add_subparsers(dest="alias_command", required=True, metavar="ACTION")
+    a = alias.add_parser("set", parents=[common], help="point ALIAS at VERSION of a task")
+    a.add_argument("task", metavar="ID", help="task id")
+    a.add_argument("alias", metavar="ALIAS", help="alias name, starting with a letter (production, canary, ...)")
+    a.add_argument("version", metavar="VERSION", type=int, help="store version (see 'task ID')")
+    a = alias.add_parser("rm", parents=[common], help="remove an alias from a task")
+    a.add_argument("task", metavar="ID", help="task id")
+    a.add_argument("alias", metavar="ALIAS", help="alias name")
     return parser
 
 
@@ -110,7 +125,8 @@ def _predict(client: Client, args: argparse.Namespace) -> None:
     progress = Progress(len(files), enabled=False if args.quiet else None)
     try:
         results = predict_files(client, tasks, files, batch_size=args.batch_size, concurrency=args.concurrency,
-                                top_k=args.top_k, on_progress=progress.update)
+                                top_k=args.top_k, on_progress=progress.update,
+                                version=args.pin_version, alias=args.pin_alias)
         errors = write_all(results, output_format(args))
     finally:
         progress.close()
@@ -148,6 +164,18 @@ def _run(client: Client, args: argparse.Namespace) -> None:
     elif cmd == "rollback":
         reg = client.rollback(args.task, args.version)
         _emit(args, reg.model_dump(), f"{reg.task_id} now at version {reg.version}, sha256 {reg.sha256[:12]}")
+    elif cmd == "alias":
+        _alias(client, args)
+
+
+def _alias(client: Client, args: argparse.Namespace) -> None:
+    if args.alias_command == "set":
+        res = client.set_alias(args.task, args.alias, args.version)
+        what = "now points at" if res.changed else "already pointed at"
+        _emit(args, res.model_dump(), f"{args.task}: {args.alias} {what} version {args.version}")
+    else:
+        client.delete_alias(args.task, args.alias)
+        _emit(args, {"task_id": args.task, "alias": args.alias, "deleted": True}, f"{args.task}: removed {args.alias}")
 
 
 def _fail(args: argparse.Namespace, code: int, kind: str, exc: BaseException, label: str | None = None,

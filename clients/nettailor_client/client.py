@@ -12,7 +12,7 @@ from . import _calls
 from ._calls import Call, PackInput
 from .errors import APIError, ServerError, TransportError, raise_for_response
 from .images import ImageInput
-from .models import BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
+from .models import Aliases, BatchPrediction, MultiPrediction, Prediction, Registered, TaskDetail, TaskSummary
 from .retry import Retry
 from .session import TaskSession
 
@@ -71,27 +71,33 @@ class Client:
             return call.parse(response)
 
     # inference
-    def predict(self, task_id: str, image: ImageInput, *, top_k: int = 5, next_task: str | None = None) -> Prediction:
-        """Classify one image with one task.  ``next_task`` hints the server to prefetch that task's pack."""
-        return self._send(_calls.predict(task_id, image, top_k, next_task))
+    def predict(self, task_id: str, image: ImageInput, *, top_k: int = 5, next_task: str | None = None,
+                version: int | None = None, alias: str | None = None) -> Prediction:
+        """Classify one image with one task.  ``next_task`` hints the server to prefetch that task's pack.
+        ``version`` (a store version) or ``alias`` (``"production"``) picks the version that answers;
+        by default the task's current one."""
+        return self._send(_calls.predict(task_id, image, top_k, next_task, version=version, alias=alias))
 
     def predict_batch(self, task_id: str, images: Iterable[ImageInput], *, top_k: int = 5,
-                      next_task: str | None = None) -> BatchPrediction:
+                      next_task: str | None = None, version: int | None = None,
+                      alias: str | None = None) -> BatchPrediction:
         """Classify several images with one task, in one request (at most the server's max_batch)."""
-        return self._send(_calls.predict_batch(task_id, images, top_k, next_task))
+        return self._send(_calls.predict_batch(task_id, images, top_k, next_task, version=version, alias=alias))
 
     def predict_multi(self, image: ImageInput, tasks: str | Sequence[str], *, top_k: int = 5,
-                      next_task: str | None = None) -> MultiPrediction:
-        """Run several tasks on one image (``tasks``: a list or ``"a,b,c"``)."""
-        return self._send(_calls.predict_multi(image, tasks, top_k, next_task))
+                      next_task: str | None = None, version: int | None = None,
+                      alias: str | None = None) -> MultiPrediction:
+        """Run several tasks on one image (``tasks``: a list or ``"a,b,c"``); a version or alias applies to each."""
+        return self._send(_calls.predict_multi(image, tasks, top_k, next_task, version=version, alias=alias))
 
     def prefetch(self, task_id: str) -> None:
         """Ask the server to warm its cache with this task's pack now."""
         self._send(_calls.prefetch(task_id))
 
-    def task(self, task_id: str) -> TaskSession:
-        """A robot's session pinned to ``task_id``; use it as a context manager or keep it around."""
-        return TaskSession(self, task_id)
+    def task(self, task_id: str, *, version: int | None = None, alias: str | None = None) -> TaskSession:
+        """A robot's session pinned to ``task_id`` (and, for a mission, to a ``version`` or an ``alias``
+        of it); use it as a context manager or keep it around."""
+        return TaskSession(self, task_id, version=version, alias=alias)
 
     # operators
     def list_tasks(self) -> list[TaskSummary]:
@@ -110,6 +116,13 @@ class Client:
     def rollback(self, task_id: str, version: int) -> Registered:
         """Re-point the task at an earlier store version (an int from ``get_task(...).history``)."""
         return self._send(_calls.rollback(task_id, version))
+
+    def set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
+        """Point ``alias`` (``production``, ``canary``, ...) at a stored version of the task (needs the token)."""
+        return self._send(_calls.set_alias(task_id, alias, version))
+
+    def delete_alias(self, task_id: str, alias: str) -> None:
+        self._send(_calls.delete_alias(task_id, alias))
 
     def health(self) -> dict[str, Any]:
         """``/healthz``: succeeds while the server process lives."""

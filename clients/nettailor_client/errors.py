@@ -17,7 +17,8 @@ The tree::
         │   │   └── Forbidden         403 forbidden (wrong token)
         │   ├── NotFound              404 with an unknown code
         │   │   ├── TaskNotFound      404 task_not_found
-        │   │   └── VersionNotFound   404 version_not_found
+        │   │   ├── VersionNotFound   404 version_not_found
+        │   │   └── AliasNotFound     404 alias_not_found
         │   ├── ImageError            the upload is not a servable image
         │   │   ├── UnsupportedMediaType  415 unsupported_media_type
         │   │   ├── BadImage          422 bad_image (truncated, undecodable)
@@ -49,7 +50,7 @@ import time
 import httpx
 
 __all__ = [
-    "APIError", "AuthError", "BackboneMismatch", "BadImage", "ClientError", "CorruptPack", "Forbidden",
+    "APIError", "AliasNotFound", "AuthError", "BackboneMismatch", "BadImage", "ClientError", "CorruptPack", "Forbidden",
     "ImageEncodingError", "ImageError", "ImageTooLarge", "InvalidRequest", "InvalidTaskId", "NetTailorError",
     "NotFound", "Overloaded", "PackError", "PackTaskMismatch", "PayloadTooLarge", "ServerError",
     "ServerUnreachable", "StoreUnavailable", "TaskNotFound", "TaskUnavailable", "Timeout", "TransportError",
@@ -129,6 +130,10 @@ class VersionNotFound(NotFound):
     pass
 
 
+class AliasNotFound(NotFound):
+    pass
+
+
 class ImageError(ClientError):
     pass
 
@@ -199,6 +204,8 @@ _BY_CODE: dict[str, type[APIError]] = {
     "forbidden": Forbidden,
     "task_not_found": TaskNotFound,
     "version_not_found": VersionNotFound,
+    "alias_not_found": AliasNotFound,
+    "invalid_alias": InvalidRequest,
     "unsupported_media_type": UnsupportedMediaType,
     "bad_image": BadImage,
     "payload_too_large": PayloadTooLarge,

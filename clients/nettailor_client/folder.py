@@ -87,26 +87,26 @@ def _read(path: str) -> bytes | FileResult:
 
 
 def _one_by_one(client: Client, task_id: str, files: Sequence[str], blobs: Sequence[bytes],
-                top_k: int) -> list[FileResult]:
+                top_k: int, pin: dict[str, Any]) -> list[FileResult]:
     out = []
     for path, blob in zip(files, blobs):
         try:
-            out.append(FileResult(path, task_id, client.predict(task_id, blob, top_k=top_k)))
+            out.append(FileResult(path, task_id, client.predict(task_id, blob, top_k=top_k, **pin)))
         except ImageError as e:
             out.append(FileResult(path, task_id, error=e.code or "bad_image", detail=e.detail))
     return out
 
 
-def _batch(client: Client, task_id: str, files: Sequence[str], top_k: int) -> list[FileResult]:
+def _batch(client: Client, task_id: str, files: Sequence[str], top_k: int, pin: dict[str, Any]) -> list[FileResult]:
     read = {p: _read(p) for p in files}
     ok = [p for p in files if isinstance(read[p], bytes)]
     blobs: list[bytes] = [read[p] for p in ok]  # type: ignore[misc]
     done: dict[str, FileResult] = {p: r for p, r in read.items() if isinstance(r, FileResult)}
     if ok:
         try:
-            batch = client.predict_batch(task_id, blobs, top_k=top_k)
+            batch = client.predict_batch(task_id, blobs, top_k=top_k, **pin)
         except ImageError:  # one bad file spoils the request: find it
-            results = _one_by_one(client, task_id, ok, blobs, top_k)
+            results = _one_by_one(client, task_id, ok, blobs, top_k, pin)
         else:
             results = [FileResult(p, task_id, Prediction(task_id=batch.task_id, version=batch.version,
                                                          pack_version=batch.pack_version, predictions=labels,
@@ -116,24 +116,26 @@ def _batch(client: Client, task_id: str, files: Sequence[str], top_k: int) -> li
     return [done[p] for p in files]
 
 
-def _multi(client: Client, task_ids: Sequence[str], path: str, top_k: int) -> list[FileResult]:
+def _multi(client: Client, task_ids: Sequence[str], path: str, top_k: int, pin: dict[str, Any]) -> list[FileResult]:
     blob = _read(path)
     if isinstance(blob, FileResult):
         return [FileResult(path, t, error=blob.error, detail=blob.detail) for t in task_ids]
     try:
-        multi = client.predict_multi(blob, task_ids, top_k=top_k)
+        multi = client.predict_multi(blob, task_ids, top_k=top_k, **pin)
     except ImageError as e:
         return [FileResult(path, t, error=e.code or "bad_image", detail=e.detail) for t in task_ids]
     return [FileResult(path, t, multi.results[t]) for t in task_ids if t in multi.results]
 
 
 def predict_files(client: Client, task_ids: Sequence[str], files: Sequence[str], *, batch_size: int = 32,
-                  concurrency: int = 4, top_k: int = 5,
-                  on_progress: Callable[[int], None] | None = None) -> Iterator[FileResult]:
+                  concurrency: int = 4, top_k: int = 5, on_progress: Callable[[int], None] | None = None,
+                  version: int | None = None, alias: str | None = None) -> Iterator[FileResult]:
     """Every file through every task, in input order.  One task: ``predict_batch`` over ``batch_size``
     files per request; several: one ``predict_multi`` per file.  ``concurrency`` requests are in flight
     at once (the client's connection pool is shared; the server batches across them too).
-    ``on_progress(n)`` is called as each group of ``n`` files finishes."""
+    ``on_progress(n)`` is called as each group of ``n`` files finishes.  ``version`` or ``alias`` pins
+    the stored version that answers (see :meth:`Client.predict`)."""
+    pin: dict[str, Any] = {"version": version, "alias": alias}
     if batch_size < 1 or concurrency < 1:
         raise ValueError("batch_size and concurrency must be at least 1")
     if not task_ids:
@@ -142,12 +144,12 @@ def predict_files(client: Client, task_ids: Sequence[str], files: Sequence[str],
         groups: list[list[str]] = [list(files[i:i + batch_size]) for i in range(0, len(files), batch_size)]
 
         def job(group: list[str]) -> list[FileResult]:
-            return _batch(client, task_ids[0], group, top_k)
+            return _batch(client, task_ids[0], group, top_k, pin)
     else:
         groups = [[f] for f in files]
 
         def job(group: list[str]) -> list[FileResult]:
-            return _multi(client, task_ids, group[0], top_k)
+            return _multi(client, task_ids, group[0], top_k, pin)
 
     with ThreadPoolExecutor(concurrency, thread_name_prefix="nettailor-predict") as pool:
         todo = iter(groups)

@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "AliasChange", "Aliases",
     "BatchPrediction", "HistoryEntry", "Label", "MultiPrediction", "Prediction", "Registered", "TaskDetail",
     "TaskSummary", "Timings",
 ]
@@ -84,6 +85,12 @@ class HistoryEntry(_Model):
     registered_at: float | str
 
 
+class AliasChange(_Model):
+    alias: str
+    version: int | None = None  # None: the alias was removed
+    at: float
+
+
 class TaskDetail(TaskSummary):
     sha256: str
     backbone_id: str
@@ -93,10 +100,18 @@ class TaskDetail(TaskSummary):
     metrics: dict[str, Any] = Field(default_factory=dict)
     history: list[HistoryEntry] = Field(default_factory=list)
     updated_at: float | str | None = None
+    aliases: dict[str, int] = Field(default_factory=dict)
+    alias_log: list[AliasChange] = Field(default_factory=list)
 
 
 class Registered(_Model):
     task_id: str
     version: int
     sha256: str
+    changed: bool
+
+
+class Aliases(_Model):
+    task_id: str
+    aliases: dict[str, int]
     changed: bool

@@ -9,12 +9,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from blockstore import NetTailorError, validate_task_id
+from blockstore import ALIAS_PATTERN, NetTailorError, validate_task_id
 
 from ..deps import InferenceDep, SettingsDep
 from ..errors import error_responses
 from ..images import read_images
 from ..schemas import BatchPrediction, MultiPrediction, Prediction
+from ..versions import Pin
 from .params import TaskId
 
 __all__ = ["router"]
@@ -39,6 +40,10 @@ _ERRORS = error_responses(404, 413, 415, 422, 503)
 TopK = Annotated[int, Query(ge=1, le=1000, description="how many labels to return")]
 NextTask = Annotated[str | None, Header(alias="X-NetTailor-Next-Task", description="the task this client will "
                                         "ask for next: the server may prefetch its pack")]
+Version = Annotated[int | None, Query(ge=1, description="answer with this stored version of the task (it must "
+                                      "still be retained: 404 lists those that are); default: the current one")]
+Alias = Annotated[str | None, Query(description=f"answer with the version this alias points at ({ALIAS_PATTERN}); "
+                                    "not together with version")]
 _background: set[asyncio.Task] = set()
 
 
@@ -65,35 +70,41 @@ def _hint(inference, next_task: str | None) -> None:  # type: ignore[no-untyped-
 @router.post("/tasks/{task_id}/predict", response_model=Prediction, responses=_ERRORS,
              openapi_extra=_image_body("file", many=False), summary="Classify one image with one task")
 async def predict(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
-                  top_k: TopK = 5, next_task: NextTask = None) -> Prediction:
+                  top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
+                  alias: Alias = None) -> Prediction:
     t0 = time.perf_counter()
     _hint(inference, next_task)
     validate_task_id(task_id)
+    pin = Pin(version, alias)
     (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict(task_id, blob, top_k, t0)
+    return await inference.predict(task_id, blob, top_k, t0, pin)
 
 
 @router.post("/tasks/{task_id}/predict_batch", response_model=BatchPrediction, responses=_ERRORS,
              openapi_extra=_image_body("files", many=True), summary="Classify several images with one task")
 async def predict_batch(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
-                        top_k: TopK = 5, next_task: NextTask = None) -> BatchPrediction:
+                        top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
+                        alias: Alias = None) -> BatchPrediction:
     t0 = time.perf_counter()
     _hint(inference, next_task)
     validate_task_id(task_id)
+    pin = Pin(version, alias)
     blobs = await read_images(request, field="files", max_files=settings.max_batch,
                               max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict_batch(task_id, blobs, top_k, t0)
+    return await inference.predict_batch(task_id, blobs, top_k, t0, pin)
 
 
 @router.post("/predict", response_model=MultiPrediction, responses=_ERRORS,
              openapi_extra=_image_body("file", many=False), summary="Classify one image with several tasks")
 async def predict_multi(request: Request, inference: InferenceDep, settings: SettingsDep,
                         tasks: Annotated[str, Query(description="comma-separated task ids")],
-                        top_k: TopK = 5, next_task: NextTask = None) -> MultiPrediction:
+                        top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
+                        alias: Alias = None) -> MultiPrediction:
     t0 = time.perf_counter()
     _hint(inference, next_task)
+    pin = Pin(version, alias)  # the same version (or alias) of every task named
     (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict_multi(tasks, blob, top_k, t0)
+    return await inference.predict_multi(tasks, blob, top_k, t0, pin)
 
 
 @router.post("/tasks/{task_id}/prefetch", status_code=204, response_class=Response,

@@ -1,4 +1,5 @@
-"""Task management: list, describe, register (PUT pack bytes), delete, roll back.  Mutations need the token."""
+"""Task management: list, describe, register (PUT pack bytes), delete, roll back, aliases.  Mutations need
+the token."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from ..deps import SettingsDep, TasksDep, require_operator
 from ..errors import BadImage, error_responses
 from ..images import read_body
-from ..schemas import Registered, RollbackRequest, TaskDetail, TaskList
-from .params import TaskId
+from ..schemas import Aliases, AliasRequest, Registered, RollbackRequest, TaskDetail, TaskList
+from .params import AliasName, TaskId
 
 __all__ = ["router"]
 
@@ -54,3 +55,17 @@ async def delete_task(task_id: TaskId, tasks: TasksDep) -> Response:
              responses=error_responses(401, 403, 404, 422, 503), summary="Point the task at an earlier version")
 async def rollback_task(task_id: TaskId, body: RollbackRequest, tasks: TasksDep) -> Registered:
     return await tasks.rollback(task_id, body.version)
+
+
+@router.put("/{task_id}/aliases/{alias}", response_model=Aliases, dependencies=_operator,
+            responses=error_responses(401, 403, 404, 422, 503),
+            summary="Point an alias (production, canary, ...) at a stored version")
+async def put_alias(task_id: TaskId, alias: AliasName, body: AliasRequest, tasks: TasksDep) -> Aliases:
+    return await tasks.set_alias(task_id, alias, body.version)
+
+
+@router.delete("/{task_id}/aliases/{alias}", status_code=204, response_class=Response, dependencies=_operator,
+               responses=error_responses(401, 403, 404, 422, 503), summary="Remove an alias")
+async def delete_alias(task_id: TaskId, alias: AliasName, tasks: TasksDep) -> Response:
+    await tasks.delete_alias(task_id, alias)
+    return Response(status_code=204)

@@ -134,6 +134,33 @@ def test_retention_keeps_the_last_versions_and_collects_the_rest(store, make_pac
     assert [_pack_exists(store, s) for s in shas] == [False, False, True, False, True]
 
 
+def test_retention_and_collection_keep_every_version_an_alias_points_at(store, make_pack):
+    """An alias pins its version like the current one: pruning (on update and in a collection) keeps
+    it and its bytes, whatever its age; once the alias goes, the next collection takes them."""
+    store.keep_versions = 2
+    packs = [make_pack(seed=i).to_bytes() for i in range(5)]
+    shas = [store.register("digits", packs[0])[0].sha256]
+    store.set_alias("digits", "production", 1)
+    shas += [store.register("digits", p)[0].sha256 for p in packs[1:]]
+    rec = store.get_record("digits")
+    assert [h.version for h in rec.history] == [1, 4, 5] and rec.aliases == {"production": 1}
+    assert [_pack_exists(store, s) for s in shas] == [True, False, False, True, True]
+    store.keep_versions = 1
+    report = store.collect_garbage()
+    assert report.versions_pruned == 1 and shas[3] in report.packs_deleted and shas[0] not in report.packs_deleted
+    rec = store.get_record("digits")
+    assert [h.version for h in rec.history] == [1, 5] and rec.aliases == {"production": 1}
+    assert store.rollback("digits", 1).sha256 == shas[0]  # still servable and restorable
+    store.register("digits", packs[4])  # back to the newest bytes: a new version 6
+    preview = store.collect_garbage(dry_run=True)
+    assert shas[0] not in preview.packs_deleted
+    store.delete_alias("digits", "production")
+    assert [h.version for h in store.get_record("digits").history] == [1, 6]  # removing an alias prunes nothing
+    store.collect_garbage()
+    assert [h.version for h in store.get_record("digits").history] == [6]
+    assert not _pack_exists(store, shas[0]) and _pack_exists(store, shas[4])
+
+
 def test_delete_collects_only_what_no_task_references(store, make_pack):
     a = store.register("a", make_pack("a", seed=1).to_bytes())[0]
     b1 = store.register("b", make_pack("b", seed=2).to_bytes())[0]

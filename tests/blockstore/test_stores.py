@@ -8,9 +8,11 @@ import time
 import pytest
 
 from blockstore import (
+    AliasNotFound,
     BackboneNotFound,
     CorruptPack,
     DirStore,
+    InvalidAlias,
     InvalidTaskId,
     PackNotFound,
     PackTaskMismatch,
@@ -19,10 +21,12 @@ from blockstore import (
     StoreUnavailable,
     TaskNotFound,
     TaskPack,
+    TaskRecord,
     VersionNotFound,
     load_resident,
     open_store,
 )
+from blockstore.stores.base import ALIAS_LOG_LIMIT
 
 
 @pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
@@ -188,3 +192,98 @@ def test_unwritable_directory_is_store_unavailable(tmp_path):
     blocker.write_text("x")
     with pytest.raises(StoreUnavailable):
         DirStore(blocker / "store")
+
+
+def test_aliases_point_at_versions_and_survive_updates(store, make_pack):
+    store.register("digits", make_pack(seed=1).to_bytes())
+    store.register("digits", make_pack(seed=2).to_bytes())
+    rec, changed = store.set_alias("digits", "production", 1)
+    assert changed and rec.aliases == {"production": 1} and rec.version == 2
+    assert store.set_alias("digits", "production", 1) == (rec, False)  # idempotent
+    store.set_alias("digits", "canary", 2)
+    rec, _ = store.register("digits", make_pack(seed=3).to_bytes())  # a new version keeps the aliases
+    assert rec.version == 3 and rec.aliases == {"production": 1, "canary": 2}
+    rec = store.rollback("digits", 2)
+    assert rec.aliases == {"production": 1, "canary": 2}
+    rec, _ = store.set_alias("digits", "production", 3)
+    rec = store.delete_alias("digits", "canary")
+    assert store.get_record("digits") == rec and rec.aliases == {"production": 3}
+    assert [(c.alias, c.version) for c in rec.alias_log] == [
+        ("production", 1), ("canary", 2), ("production", 3), ("canary", None)]
+    with pytest.raises(VersionNotFound, match=r"\[1, 2, 3\]"):
+        store.set_alias("digits", "production", 7)
+    with pytest.raises(AliasNotFound, match="production"):
+        store.delete_alias("digits", "canary")
+    with pytest.raises(TaskNotFound):
+        store.set_alias("letters", "production", 1)
+    for bad in ("1", "7up", "", "a b", "x" * 65, "a:b"):
+        with pytest.raises(InvalidAlias):
+            store.set_alias("digits", bad, 1)
+    store.delete("digits")
+    rec, _ = store.register("digits", make_pack(seed=1).to_bytes())
+    assert rec.aliases == {} and rec.alias_log == ()  # a deleted task takes its aliases with it
+
+
+def test_alias_log_is_bounded(store, make_pack):
+    store.register("digits", make_pack(seed=1).to_bytes())
+    store.register("digits", make_pack(seed=2).to_bytes())
+    for i in range(ALIAS_LOG_LIMIT + 5):
+        store.set_alias("digits", "canary", 1 + i % 2)
+    rec = store.get_record("digits")
+    assert len(rec.alias_log) == ALIAS_LOG_LIMIT and rec.alias_log[-1].version == 1 + (ALIAS_LOG_LIMIT + 4) % 2
+
+
+def test_alias_events_reach_subscribers(store, make_pack):
+    store.register("digits", make_pack(seed=1).to_bytes())
+    seen: list[StoreEvent] = []
+    sub = store.subscribe(seen.append)
+    try:
+        store.set_alias("digits", "production", 1)
+        store.set_alias("digits", "production", 1)  # unchanged: no event
+        store.delete_alias("digits", "production")
+        deadline = time.time() + 5
+        while len(seen) < 2 and time.time() < deadline:
+            time.sleep(0.02)
+    finally:
+        sub.close()
+    assert [(e.kind, e.task_id, e.version, e.alias) for e in seen] == [
+        ("alias", "digits", 1, "production"), ("unalias", "digits", None, "production")]
+
+
+def test_records_written_before_aliases_still_load():
+    rec = TaskRecord.from_dict({"task_id": "digits", "version": 1, "sha256": "a" * 64, "backbone_id": "b" * 64,
+                                "updated_at": 1.0, "history": []})
+    assert rec.aliases == {} and rec.alias_log == ()
+    assert TaskRecord.from_dict(rec.to_dict()) == rec
+
+
+def test_concurrent_alias_changes_and_registrations(store, make_pack):
+    """Writers move aliases while others register versions: nothing is lost, every change is logged."""
+    store.register("digits", make_pack(seed=0).to_bytes())
+    errors: list[BaseException] = []
+
+    def mover(name):
+        try:
+            for _ in range(5):
+                store.set_alias("digits", name, 1)
+                store.delete_alias("digits", name)
+            store.set_alias("digits", name, 1)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    def registrar(seed):
+        try:
+            store.register("digits", make_pack(seed=seed).to_bytes())
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=mover, args=(f"a{i}",)) for i in range(4)]
+    threads += [threading.Thread(target=registrar, args=(s,)) for s in (1, 2, 3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    rec = store.get_record("digits")
+    assert rec.aliases == {f"a{i}": 1 for i in range(4)}
+    assert len(rec.alias_log) == 4 * 11 and len(rec.history) == 4

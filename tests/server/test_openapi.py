@@ -3,6 +3,9 @@ it documents, and nothing else; plus the framework corners (405, empty ids, bodi
 
 from __future__ import annotations
 
+import base64
+import functools
+import json
 from collections.abc import Callable
 
 import pytest
@@ -112,10 +115,77 @@ def _recipes(ready: TestClient, waiting: TestClient, make_pack, other_backbone) 
             422: lambda: ready.post("/v1/tasks/t1/rollback", content=b'{"version": "\xff"}', headers=AUTH),
             503: lambda: waiting.post("/v1/tasks/t1/rollback", json={"version": 1}, headers=AUTH),
         },
+        ("/v1/tasks/{task_id}/aliases/{alias}", "put"): {
+            200: lambda: ready.put("/v1/tasks/t1/aliases/prod", json={"version": 1}, headers=AUTH),
+            401: lambda: ready.put("/v1/tasks/t1/aliases/prod", json={"version": 1}),
+            403: lambda: ready.put("/v1/tasks/t1/aliases/prod", json={"version": 1}, headers=WRONG),
+            404: lambda: ready.put("/v1/tasks/t1/aliases/prod", json={"version": 7}, headers=AUTH),
+            422: lambda: ready.put("/v1/tasks/t1/aliases/0x", json={"version": 1}, headers=AUTH),
+            503: lambda: waiting.put("/v1/tasks/t1/aliases/prod", json={"version": 1}, headers=AUTH),
+        },
+        ("/v1/tasks/{task_id}/aliases/{alias}", "delete"): {
+            204: lambda: ready.delete("/v1/tasks/t1/aliases/prod", headers=AUTH),
+            401: lambda: ready.delete("/v1/tasks/t1/aliases/prod"),
+            403: lambda: ready.delete("/v1/tasks/t1/aliases/prod", headers=WRONG),
+            404: lambda: ready.delete("/v1/tasks/t1/aliases/nope", headers=AUTH),
+            422: lambda: ready.delete("/v1/tasks/t1/aliases/0x", headers=AUTH),
+            503: lambda: waiting.delete("/v1/tasks/t1/aliases/prod", headers=AUTH),
+        },
+        **_v2_recipes(ready, waiting),
         ("/healthz", "get"): {200: lambda: waiting.get("/healthz")},
         ("/readyz", "get"): {200: lambda: ready.get("/readyz"), 503: lambda: waiting.get("/readyz")},
         ("/metrics", "get"): {200: lambda: waiting.get("/metrics")},
     }
+
+
+def _v2_recipes(ready: TestClient, waiting: TestClient) -> dict:
+    """The Open Inference Protocol's operations (errors ``{"error": text}``, 422 sent as 400)."""
+    infer = json.dumps({"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES",
+                                    "data": [base64.b64encode(image_bytes()).decode()]}]}).encode()
+    gzip = {"Content-Encoding": "gzip"}
+    big = b"x" * (4 << 20)  # over max_upload_bytes * max_batch + 1 MiB
+    out: dict = {
+        ("/v2/health/live", "get"): {200: lambda: waiting.get("/v2/health/live")},
+        ("/v2/health/ready", "get"): {200: lambda: ready.get("/v2/health/ready"),
+                                      503: lambda: waiting.get("/v2/health/ready")},
+        ("/v2", "get"): {200: lambda: waiting.get("/v2")},
+        ("/v2/repository/index", "post"): {
+            200: lambda: ready.post("/v2/repository/index", json={}),
+            400: lambda: ready.post("/v2/repository/index", json={"ready": "maybe"}),
+            503: lambda: waiting.post("/v2/repository/index", json={}),
+        },
+    }
+    for suffix in ("", "/ready"):
+        for path, v in (("/v2/models/{task}", ""), ("/v2/models/{task}/versions/{version}", "/versions/1")):
+            bad = "/v2/models/-x" if not v else "/v2/models/t1/versions/0x"  # a bad id, a bad alias
+            nope = "/v2/models/nope" if not v else "/v2/models/t1/versions/7"
+            out[(path + suffix, "get")] = {
+                200: functools.partial(ready.get, f"/v2/models/t1{v}{suffix}"),
+                400: functools.partial(ready.get, bad + suffix),
+                404: functools.partial(ready.get, nope + suffix),
+                503: functools.partial(waiting.get, f"/v2/models/t1{v}{suffix}"),
+            }
+    for path, v in (("/v2/models/{task}/infer", ""), ("/v2/models/{task}/versions/{version}/infer", "/versions/1")):
+        url = f"/v2/models/t1{v}/infer"
+        out[(path, "post")] = {
+            200: functools.partial(ready.post, url, content=infer),
+            400: functools.partial(ready.post, url, content=b'{"inputs": []}'),
+            404: functools.partial(ready.post, f"/v2/models/nope{v}/infer", content=infer),
+            413: functools.partial(ready.post, url, content=big),
+            415: functools.partial(ready.post, url, content=infer, headers=gzip),
+            503: functools.partial(ready.post, f"/v2/models/bad{v}/infer", content=infer),
+        }
+    for verb in ("load", "unload"):
+        url = f"/v2/repository/models/{{}}/{verb}"
+        out[(url.format("{task}"), "post")] = {
+            200: functools.partial(ready.post, url.format("t1"), headers=AUTH),
+            400: functools.partial(ready.post, url.format("-x"), headers=AUTH),
+            401: functools.partial(ready.post, url.format("t1")),
+            403: functools.partial(ready.post, url.format("t1"), headers=WRONG),
+            404: functools.partial(ready.post, url.format("nope"), headers=AUTH),
+            503: functools.partial(waiting.post, url.format("t1"), headers=AUTH),
+        }
+    return out
 
 
 def test_every_documented_status_is_sent_and_nothing_else(apps) -> None:
@@ -130,9 +200,12 @@ def test_every_documented_status_is_sent_and_nothing_else(apps) -> None:
         for status, call in by_status.items():
             r = call()
             assert r.status_code == status, (op, status, r.text[:300])  # type: ignore[attr-defined]
-            if status >= 400 and op[0] != "/readyz":  # /readyz answers its Readiness body
+            if status >= 400 and op[0] not in ("/readyz", "/v2/health/ready"):  # these answer Readiness
                 body = r.json()  # type: ignore[attr-defined]
-                assert set(body) == {"error", "detail"} and body["detail"], (op, body)
+                if op[0].startswith("/v2"):  # the protocol's error shape
+                    assert set(body) == {"error"} and body["error"], (op, body)
+                else:
+                    assert set(body) == {"error", "detail"} and body["detail"], (op, body)
             if status == 503:
                 assert r.headers.get("Retry-After"), op  # type: ignore[attr-defined]
     assert "429" not in ready.get("/openapi.json").text  # never sent, so never documented
@@ -142,7 +215,7 @@ def test_the_task_id_pattern_is_in_the_schema(client) -> None:
     doc = client.get("/openapi.json").json()
     params = [p for ops in doc["paths"].values() for op in ops.values() for p in op.get("parameters", [])
               if p["name"] == "task_id"]
-    assert len(params) == 7 and all(p["schema"]["pattern"] == TASK_ID_PATTERN for p in params)
+    assert len(params) == 9 and all(p["schema"]["pattern"] == TASK_ID_PATTERN for p in params)
 
 
 def test_framework_corners_answer_documented_errors(client, store, make_pack) -> None:
