@@ -132,12 +132,12 @@ def test_task_unavailable(live_server, client: Client) -> None:
         client.delete("broken")
 
 
-def test_store_unavailable(live_server, client: Client) -> None:
-    # A record the DirStore cannot read (a directory where its JSON file should be) is an I/O error.
+def test_corrupt_record_is_task_unavailable(live_server, client: Client) -> None:
+    # A record of the wrong shape (a directory where its JSON file should be) makes that task unavailable.
     bad = live_server.root / "tasks" / "unreadable.json"
     bad.mkdir()
     try:
-        _expect(StoreUnavailable, 503, "store_unavailable", client.predict, "unreadable", png())
+        _expect(TaskUnavailable, 503, "corrupt_record", client.predict, "unreadable", png())
     finally:
         bad.rmdir()
 
@@ -197,3 +197,11 @@ def test_fallback_by_status(status: int, body, expected: type[APIError]) -> None
         raise_for_response(response)
     assert type(info.value) is expected
     assert info.value.status == status
+
+
+def test_store_unavailable_and_not_ready_codes() -> None:
+    for code, cls in (("store_unavailable", StoreUnavailable), ("not_ready", Unavailable)):
+        response = httpx.Response(503, json={"error": code, "detail": "x"}, request=httpx.Request("GET", "http://h/"))
+        with pytest.raises(cls) as e:
+            raise_for_response(response)
+        assert e.value.code == code
