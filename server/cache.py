@@ -183,11 +183,13 @@ class PackCache:
         """Store subscription callback (runs on the store's event thread)."""
         if ev.kind == "resync":
             self.invalidate_all()
-        elif ev.kind in ("corrupt", "repair"):  # the bytes changed state, whatever the version says
+        elif ev.kind == "corrupt":  # drop good copies of bytes the store now refuses (a failure stays remembered)
             with self._lock:
                 hit = [tid for tid, e in self._entries.items() if e.task.sha256 == ev.sha256]
-            for tid in {*hit, ev.task_id} - {"*"}:
-                self.invalidate(tid, "corrupt" if ev.kind == "corrupt" else "invalidated")
+            for tid in hit:
+                self.invalidate(tid, "corrupt")
+        elif ev.kind == "repair":  # the bytes are good again: forget the failure
+            self.invalidate(ev.task_id)
         else:
             cur = self.cached_version(ev.task_id)
             if cur is None or ev.sha256 is None or cur[1] != ev.sha256 or cur[0] != ev.version:
