@@ -42,11 +42,16 @@ def prediction_rows(image: str, p: Prediction) -> list[list[Any]]:
 PREDICTION_HEADERS = ("IMAGE", "TASK", "VERSION", "RANK", "LABEL", "PROB", "SERVER_MS")
 
 
+def _task_row(t: TaskSummary) -> list[Any]:
+    if t.status != "ok":  # registered but not servable: say so instead of the pack's figures
+        return [t.task_id, t.version, "UNAVAILABLE", None, None, None, None, None, (t.detail or "")[:60]]
+    return [t.task_id, t.version, t.pack_version, t.num_classes, f"{t.blocks_kept}/{t.blocks_total}",
+            _count(t.task_params), _count(t.flops),
+            f"{100 * t.flops / t.backbone_flops:.1f}%" if t.flops and t.backbone_flops else None, _pct(t.accuracy)]
+
+
 def tasks_table(tasks: Sequence[TaskSummary]) -> str:
-    rows = [[t.task_id, t.version, t.pack_version, t.num_classes, f"{t.blocks_kept}/{t.blocks_total}",
-             _count(t.task_params), _count(t.flops),
-             f"{100 * t.flops / t.backbone_flops:.1f}%" if t.backbone_flops else None, _pct(t.accuracy)]
-            for t in tasks]
+    rows = [_task_row(t) for t in tasks]
     return table(("TASK", "VERSION", "PACK", "CLASSES", "BLOCKS", "TASK_PARAMS", "FLOPS", "OF_BACKBONE",
                   "ACCURACY"), rows)
 

@@ -30,8 +30,10 @@ The tree::
         │       ├── UnsupportedFormat 422 unsupported_format
         │       └── PackTaskMismatch  422 pack_task_mismatch
         ├── ServerError               5xx
-        │   └── Unavailable           503 with no code (a load balancer, a starting replica)
-        │       ├── TaskUnavailable   503 task_unavailable (that task's stored pack is corrupt)
+        │   └── Unavailable           503 with no code (a load balancer) or not_ready (a replica
+        │       │                     waiting for a backbone)
+        │       ├── TaskUnavailable   503 task_unavailable (that task's stored pack is corrupt) or
+        │       │                     corrupt_record (its stored record is malformed)
         │       └── StoreUnavailable  503 store_unavailable
         └── Overloaded                429 or 503 overloaded: the queue is full; ``retry_after`` in
                                       seconds or None.  The clients retry it (and a bare 503) with
@@ -217,6 +219,7 @@ _BY_CODE: dict[str, type[APIError]] = {
     "task_unavailable": TaskUnavailable,
     "corrupt_record": TaskUnavailable,  # that task's stored record is damaged: the task cannot be served
     "store_unavailable": StoreUnavailable,
+    "not_ready": Unavailable,
     "overloaded": Overloaded,
 }
 

@@ -65,16 +65,21 @@ class MultiPrediction(_Model):
 
 
 class TaskSummary(_Model):
+    """A listed task.  ``status`` is "unavailable" for a registered task that cannot be served (its
+    stored pack is corrupt): then ``detail`` says why and the pack fields are None."""
+
     task_id: str
-    version: int
-    pack_version: str
-    num_classes: int
-    blocks_kept: int
-    blocks_total: int
-    shared_params: int
-    task_params: int
-    flops: float
-    backbone_flops: float
+    status: str = "ok"
+    detail: str | None = None
+    version: int | None = None
+    pack_version: str | None = None
+    num_classes: int | None = None
+    blocks_kept: int | None = None
+    blocks_total: int | None = None
+    shared_params: int | None = None
+    task_params: int | None = None
+    flops: float | None = None
+    backbone_flops: float | None = None
     accuracy: float | None = None
 
 
@@ -92,6 +97,15 @@ class AliasChange(_Model):
 
 
 class TaskDetail(TaskSummary):
+    version: int
+    pack_version: str
+    num_classes: int
+    blocks_kept: int
+    blocks_total: int
+    shared_params: int
+    task_params: int
+    flops: float
+    backbone_flops: float
     sha256: str
     backbone_id: str
     labels: list[str]

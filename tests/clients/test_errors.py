@@ -28,6 +28,7 @@ from nettailor_client import (
     PayloadTooLarge,
     ServerError,
     ServerUnreachable,
+    StoreUnavailable,
     TaskNotFound,
     TaskUnavailable,
     Timeout,
@@ -197,3 +198,11 @@ def test_fallback_by_status(status: int, body, expected: type[APIError]) -> None
         raise_for_response(response)
     assert type(info.value) is expected
     assert info.value.status == status
+
+
+def test_store_unavailable_and_not_ready_codes() -> None:
+    for code, cls in (("store_unavailable", StoreUnavailable), ("not_ready", Unavailable)):
+        response = httpx.Response(503, json={"error": code, "detail": "x"}, request=httpx.Request("GET", "http://h/"))
+        with pytest.raises(cls) as e:
+            raise_for_response(response)
+        assert e.value.code == code

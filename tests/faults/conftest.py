@@ -142,9 +142,9 @@ def replica(store_url: str, log_dir: Path, *, wait_ready: bool = True, **env: st
             return False
 
     try:
-        _wait(alive, "the replica to answer /healthz", 120)
+        _wait(alive, "the replica to answer /healthz", 600)
         if wait_ready:
-            _wait(rep.ready, "the replica to be ready", 60)
+            _wait(rep.ready, "the replica to be ready", 300)
         yield rep
     finally:
         if proc.poll() is None:
