@@ -43,7 +43,7 @@ def build_store(root: Path) -> None:
     bb = Backbone(BackboneConfig("resnet18", "3x3s2", 32, 10)).freeze().eval()
     store = DirStore(root)
     store.put_backbone(bb.to_bytes())
-    net = randomize(TailoredNet(bb, Plan.full(bb.spec, 3), 10), seed=1)
+    net = randomize(TailoredNet(bb, Plan.full(bb.spec, 3, bottleneck=False), 10), seed=1)
     pack = TaskPack.from_net(net, "digits", [str(i) for i in range(10)], Preprocess(32, (0.5,), (0.5,), 1))
     store.register("digits", pack.to_bytes())
 
@@ -64,8 +64,8 @@ def free_port() -> int:
 
 
 def run_cli(cli: list[str], url: str, folder: Path, batch: int, concurrency: int) -> tuple[float, list[str]]:
-    argv = [*cli, "--url", url, "predict", "digits", str(folder), "--batch-size", str(batch), "--concurrency",
-            str(concurrency), "--top-k", "1", "--format", "csv", "--quiet"]
+    argv = [*cli, "--url", url, "--timeout", "600", "predict", "digits", str(folder), "--batch-size", str(batch),
+            "--concurrency", str(concurrency), "--top-k", "1", "--format", "csv", "--quiet"]
     t = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
     seconds = time.perf_counter() - t

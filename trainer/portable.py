@@ -112,8 +112,17 @@ def _write_onnx(program: torch.export.ExportedProgram, example: Tensor, path: Pa
         import onnx
     except ImportError:
         raise ConfigError("ONNX export needs onnx and onnxscript: pip install 'nettailor[export]'") from None
-    torch.onnx.export(program, (example,), str(path), dynamo=True, input_names=["image"], output_names=["logits"],
-                      opset_version=opset, external_data=False, verbose=False)
+    # The exporter's optimiser logs every pass at INFO; a user wants the file, not its diary.
+    chatty = [logging.getLogger(n) for n in ("onnxscript", "onnx_ir")]
+    levels = [lg.level for lg in chatty]
+    for lg in chatty:
+        lg.setLevel(logging.WARNING)
+    try:
+        torch.onnx.export(program, (example,), str(path), dynamo=True, input_names=["image"],
+                          output_names=["logits"], opset_version=opset, external_data=False, verbose=False)
+    finally:
+        for lg, level in zip(chatty, levels):
+            lg.setLevel(level)
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, meta)
     model.doc_string = f"NetTailor task {meta['task_id']} (version {meta['version']}): {meta['input']}"
