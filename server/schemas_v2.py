@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "InferenceRequest", "InferenceResponse", "Liveness", "ModelMetadata", "Readiness", "RepositoryIndexRequest",
+    "InferenceRequest", "InferenceResponse", "LiveResponse", "ModelMetadata", "ReadyResponse", "RepositoryIndexRequest",
     "RepositoryModel", "RequestInput", "RequestOutput", "ResponseOutput", "ServerMetadata", "TensorMetadata",
     "V2Error",
 ]
@@ -23,11 +23,11 @@ class V2Error(BaseModel):
     error: str
 
 
-class Liveness(BaseModel):
+class LiveResponse(BaseModel):
     live: bool
 
 
-class Readiness(BaseModel):
+class ReadyResponse(BaseModel):
     ready: bool
 
 

@@ -32,9 +32,9 @@ from ..protocol_v2 import decode_request, encode_response, model_tensors
 from ..schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
-    Liveness,
+    LiveResponse,
     ModelMetadata,
-    Readiness,
+    ReadyResponse,
     RepositoryIndexRequest,
     RepositoryModel,
     ServerMetadata,
@@ -107,12 +107,12 @@ def _server_version() -> str:
 
 # -- health and metadata ------------------------------------------------------------------------
 
-@router.get("/health/live", response_model=Liveness, summary="Alive")
-async def live() -> Liveness:
-    return Liveness(live=True)
+@router.get("/health/live", response_model=LiveResponse, summary="Alive")
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
 
 
-@router.get("/health/ready", response_model=Readiness, summary="Ready: backbone loaded and store reachable")
+@router.get("/health/ready", response_model=ReadyResponse, summary="Ready: backbone loaded and store reachable")
 async def ready(request: Request) -> JSONResponse:
     state = request.app.state
     ok = getattr(state, "backbone", None) is not None
@@ -121,7 +121,7 @@ async def ready(request: Request) -> JSONResponse:
             await anyio.to_thread.run_sync(state.store.ping)
         except StoreUnavailable:
             ok = False
-    return JSONResponse(Readiness(ready=ok).model_dump(), status_code=200 if ok else 503)
+    return JSONResponse(ReadyResponse(ready=ok).model_dump(), status_code=200 if ok else 503)
 
 
 @router.get("", response_model=ServerMetadata, summary="Server metadata")
@@ -147,16 +147,16 @@ async def version_metadata(task: Model, version: VersionOrAlias, tasks: TasksDep
     return await _metadata(task, Pin.parse(version), tasks)
 
 
-@router.get("/models/{task}/ready", response_model=Readiness, summary="Model ready: registered and servable")
-async def model_ready(task: Model, tasks: TasksDep) -> Readiness:
+@router.get("/models/{task}/ready", response_model=ReadyResponse, summary="Model ready: registered and servable")
+async def model_ready(task: Model, tasks: TasksDep) -> ReadyResponse:
     await tasks.version_facts(task, CURRENT)
-    return Readiness(ready=True)
+    return ReadyResponse(ready=True)
 
 
-@router.get("/models/{task}/versions/{version}/ready", response_model=Readiness, summary="Model version ready")
-async def version_ready(task: Model, version: VersionOrAlias, tasks: TasksDep) -> Readiness:
+@router.get("/models/{task}/versions/{version}/ready", response_model=ReadyResponse, summary="Model version ready")
+async def version_ready(task: Model, version: VersionOrAlias, tasks: TasksDep) -> ReadyResponse:
     await tasks.version_facts(task, Pin.parse(version))
-    return Readiness(ready=True)
+    return ReadyResponse(ready=True)
 
 
 # -- inference ----------------------------------------------------------------------------------
