@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 __all__ = [
-    "InferenceRequest", "InferenceResponse", "Liveness", "ModelMetadata", "V2Readiness", "RepositoryIndexRequest",
+    "InferenceRequest", "InferenceResponse", "LiveResponse", "ModelMetadata", "RepositoryIndexRequest",
     "RepositoryModel", "RequestInput", "RequestOutput", "ResponseOutput", "ServerMetadata", "TensorMetadata",
-    "V2Error",
+    "V2Error", "V2Readiness",
 ]
 
 
@@ -23,7 +23,7 @@ class V2Error(BaseModel):
     error: str
 
 
-class Liveness(BaseModel):
+class LiveResponse(BaseModel):
     live: bool
 
 

@@ -32,7 +32,7 @@ from ..protocol_v2 import decode_request, encode_response, model_tensors
 from ..schemas_v2 import (
     InferenceRequest,
     InferenceResponse,
-    Liveness,
+    LiveResponse,
     ModelMetadata,
     RepositoryIndexRequest,
     RepositoryModel,
@@ -124,9 +124,9 @@ def install_v2_openapi(app: FastAPI) -> None:
 
 # -- health and metadata ------------------------------------------------------------------------
 
-@router.get("/health/live", response_model=Liveness, summary="Alive")
-async def live() -> Liveness:
-    return Liveness(live=True)
+@router.get("/health/live", response_model=LiveResponse, summary="Alive")
+async def live() -> LiveResponse:
+    return LiveResponse(live=True)
 
 
 @router.get("/health/ready", response_model=V2Readiness,
