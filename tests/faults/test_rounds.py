@@ -77,10 +77,11 @@ def test_200_rounds_leave_redis_where_it_was(redis_server, make_pack, backbone, 
     _check(_run(redis_server, make_pack, backbone, tmp_path, 200), rss=False)
 
 
-# Known gap: with every per-task structure now dropped on delete (metric series, facts, cache
-# generations), the replica's RSS still grows by about 1.7-1.9 KB per round on the shared 2-core
-# machine (least-squares slope over 200 rounds; it was 4 KB).  The source is not found yet.
+# Known gaps, measured on the shared 2-core machine: the RSS slope is 1.7-1.9 KB/round over 200 rounds
+# (it was 4 KB) and 0.89 KB/round over 1,000; Redis used_memory read +7.1% after 1,000 rounds although
+# only the backbone's keys were left (allocator or AOF-rewrite buffers, not data; not yet explained).
 @pytest.mark.slow
-@pytest.mark.xfail(reason="server RSS grows ~1.8 KB/round, the target is < 1 KB", strict=False)
+@pytest.mark.xfail(reason="Redis +7.1% after 1,000 rounds (target 5%), no keys left; RSS 0.89 KB/round",
+                   strict=False)
 def test_1000_rounds_leave_redis_and_the_server_where_they_were(redis_server, make_pack, backbone, tmp_path):
     _check(_run(redis_server, make_pack, backbone, tmp_path, 1000), rss=True)
