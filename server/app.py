@@ -13,14 +13,15 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import anyio.to_thread
+import torch
 from fastapi import FastAPI
 
-from blockstore import Backbone, BackboneMismatch, Store, load_resident, open_store
+from blockstore import Backbone, BackboneMismatch, Store, StoreEvent, load_resident, open_store
 
 from .batching import Batcher
 from .cache import PackCache
 from .errors import install_error_handlers
-from .executor import Executor
+from .executor import Executor, executor_threads
 from .inference import Inference
 from .metrics import Metrics
 from .routes import ops_router, predict_router, tasks_router
@@ -46,6 +47,17 @@ def _load_backbone(store: Store, settings: Settings) -> Backbone:
     return backbone
 
 
+def _on_event(cache: PackCache, metrics: Metrics):  # type: ignore[no-untyped-def]
+    """Store events: drop stale packs, and a deleted task's metric series."""
+
+    def on_event(ev: StoreEvent) -> None:
+        cache.on_event(ev)
+        if ev.kind == "delete":
+            metrics.forget_task(ev.task_id)
+
+    return on_event
+
+
 def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -56,7 +68,8 @@ def _lifespan(settings: Settings):  # type: ignore[no-untyped-def]
             backbone = await anyio.to_thread.run_sync(_load_backbone, store, settings)
             metrics = state.metrics
             cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
-            subscription = await anyio.to_thread.run_sync(store.subscribe, cache.on_event)
+            subscription = await anyio.to_thread.run_sync(store.subscribe, _on_event(cache, metrics))
+            torch.set_num_threads(executor_threads(settings.torch_threads))
             batcher = Batcher(Executor(backbone), max_batch=settings.max_batch,
                               window_s=settings.batch_window_ms / 1000.0, max_queue=settings.max_queue,
                               metrics=metrics)
@@ -92,7 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check_security()
     app = FastAPI(title="NetTailor", version="1", description=_DESCRIPTION, lifespan=_lifespan(settings))
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(max_task_labels=settings.metrics_max_tasks)
     app.state.backbone = None
     app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     max_pixels: int = Field(16_000_000, ge=1, description="largest image (width x height), checked before decoding")
     max_tasks_per_request: int = Field(16, ge=1, description="most tasks in one multi-task request")
     failure_ttl_s: float = Field(5.0, ge=0, description="how long a corrupt stored pack is remembered")
+    metrics_max_tasks: int = Field(100, ge=0, description="tasks with their own per-task metric series; later "
+                                   "ones share the label 'other'")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the executor; 0: one per core "
+                               "but one, left to the event loop (at least 1)")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""
