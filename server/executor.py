@@ -39,9 +39,9 @@ Frame = tuple[Tensor, Sequence[PreparedTask]]  # one image [3, H, W] and the tas
 _Run = tuple[PreparedTask, int, int]  # a task and its rows [start, stop)
 
 
-def _zeros(n: int, c: int, h: int, w: int, like: Tensor) -> Tensor:
+def _zeros(like: Tensor, n: int, c: int, hw: Sequence[int]) -> Tensor:
     """Zeros [n, c, h, w], channels-last."""
-    return like.new_zeros((n, h, w, c)).permute(0, 3, 1, 2)
+    return like.new_zeros((n, hw[0], hw[1], c)).permute(0, 3, 1, 2)
 
 
 class _Interner:
@@ -271,7 +271,7 @@ class Executor:
             block_out = block_out * torch.tensor(w, dtype=block_out.dtype).to(block_out.device).view(-1, 1, 1, 1)
         if len(brows) == b.n:
             return block_out.contiguous(memory_format=torch.channels_last)
-        acc = _zeros(b.n, *block_out.shape[1:], like=block_out)
+        acc = _zeros(block_out, b.n, block_out.shape[1], block_out.shape[2:])
         acc.index_copy_(0, b.index(brows), block_out)
         return acc
 
@@ -288,7 +288,7 @@ class Executor:
             x = b.pooled(nodes, src, stride)
             if out is None:
                 if acc is None:
-                    acc = _zeros(b.n, self.backbone.spec.nodes[l].channels, *x.shape[2:], like=x)
+                    acc = _zeros(x, b.n, self.backbone.spec.nodes[l].channels, x.shape[2:])
                 out = acc.permute(0, 2, 3, 1)  # channels-last rows [B, h, w, C], contiguous
             runs = [r for r in alive if (l, src) in r[0].proxies]
             kernels.add_proxies(out, x.permute(0, 2, 3, 1), runs, (l, src), self.kernel)
