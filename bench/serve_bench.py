@@ -1,32 +1,36 @@
-"""Serving benchmark: NetTailor's block-wise mixed-task batching against one full model per task.
+"""Serving benchmark: served throughput beside the limit the same machine can compute.
 
 Workload, in the manner of the multi-adapter serving studies (S-LoRA, Punica):
-  * N registered tasks, N in {1, 5, 20, 100};
+  * N registered tasks, N in {1, 20, 100, 1000};
   * request popularity Zipf (alpha = 1) or uniform over the tasks;
-  * closed-loop concurrency C in {1, 8, 32}: C clients each send a request and wait for the answer;
-  * real HTTP (httpx) against real uvicorn processes on 127.0.0.1, Redis as the store.
-Systems, measured in the same run:
-  (a) this server (``nettailor serve``);
-  (b) ``bench/baseline_server.py``: one full fine-tuned ResNet per task, an LRU of m models,
-      per-model batching with the same window and batch cap;
-  (c) the single-task upper bound: this server with N = 1.
-Tasks use a ResNet-18 (3x3 stride-2 stem, 32 px) with random weights and seeded random plans that
-keep about 60% of the blocks (throughput depends on shapes and plans, not on weight values).
+  * closed-loop concurrency C in {8, 32}: C clients each send a 32x32 PNG and wait for the answer;
+  * real HTTP against a real ``nettailor serve`` process on 127.0.0.1 (default settings, queue 4096),
+    Redis as the store, with a cheap keep-alive load generator (bench/loadgen.py).
+Reported per point: requests/s, p50/p99, server CPU (cores, process and descendants), load-generator
+CPU, server RSS, the share of samples batched with other tasks.
+The limit, measured in the same run (before and after the served points, best of both): the
+in-process executor rate for the same packs and batch cap (bench/executor_bench.py), mixed over 20
+tasks and one task at a time; the served throughput is reported as a fraction of the mixed rate.
+Optionally (``--systems nettailor,baseline``, N <= ``--baseline-max-tasks``) the per-task-model
+baseline ``bench/baseline_server.py``.  Tasks: ResNet-18 (ImageNet stem, 32 px) with seeded random
+plans keeping about 60% of the blocks (1.4 MB per pack).
 
-Run:  .venv/bin/python bench/serve_bench.py            (about 15 minutes; --quick for a 2-minute smoke run)
-Writes bench/out/serve_bench.json and bench/out/serve_bench.png.
+Run:  .venv/bin/python bench/serve_bench.py            (about 8 minutes; --quick for about 3)
+Writes bench/out/serve_bench.json (and .png).  Profile the server at one point:
+      .venv/bin/python bench/serve_bench.py --quick --tasks 20 --profile
+(py-spy records the server process for the measured seconds: bench/out/serve_profile.svg, and
+ serve_profile.txt, the top functions by own time).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import json
 import os
 import platform
 import random
-import socket
+import shutil
 import subprocess
 import sys
 import time
@@ -41,38 +45,22 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from blockstore import Backbone, BackboneConfig, Preprocess, RedisStore, TailoredNet, TaskPack  # noqa: E402
-from blockstore.testing import random_plan, randomize  # noqa: E402
+from executor_bench import build_packs, executor_rates, make_backbone  # noqa: E402
+from loadgen import (  # noqa: E402
+    Conn,
+    closed_loop,
+    free_port,
+    new_loop,
+    proc_stats,
+    start_server,
+    stop_server,
+    summarise_latencies,
+    wait_ready,
+)
 
-CONFIG = BackboneConfig(arch="resnet18", stem="3x3s2", input_size=32, num_classes=10)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def wait_ready(url: str, path: str, proc: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            if httpx.get(url + path, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
+from blockstore import RedisStore  # noqa: E402
 
 
 def png_frames(n: int) -> list[bytes]:
@@ -95,161 +83,220 @@ def metric_sum(text: str, name: str) -> float:
     return total
 
 
-async def closed_loop(url: str, tasks: list[str], dist: str, conc: int, seconds: float, frames: list[bytes],
-                      seed: int) -> dict:
-    rng = random.Random(seed)
-    if dist == "zipf":
-        weights = [1.0 / (i + 1) for i in range(len(tasks))]
-    else:
-        weights = [1.0] * len(tasks)
-    lat: list[float] = []
-    errors = 0
-    stop_at = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=conc, max_keepalive_connections=conc)
-    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+async def _point(port: int, tasks: list[str], dist: str, conc: int, seconds: float, frames: list[bytes],
+                 seed: int, pid: int) -> dict:
+    cum = np.cumsum([1.0 / (i + 1) if dist == "zipf" else 1.0 for i in range(len(tasks))]).tolist()
+    conns = [Conn("127.0.0.1", port) for _ in range(conc)]
+    paths = [f"/v1/tasks/{t}/predict" for t in tasks]
 
-        async def one_client(k: int) -> None:
-            nonlocal errors
-            r = random.Random(seed * 1000 + k)
-            while time.perf_counter() < stop_at:
-                task = r.choices(tasks, weights)[0]
-                body = frames[r.randrange(len(frames))]
-                t0 = time.perf_counter()
-                resp = await client.post(f"/v1/tasks/{task}/predict", content=body,
-                                         headers={"content-type": "image/png"})
-                if resp.status_code == 200:
-                    lat.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-                    await asyncio.sleep(0.01)
+    async def one(k: int, rng: random.Random) -> bool:
+        path = rng.choices(paths, cum_weights=cum)[0]
+        status, _ = await conns[k].post(path, frames[rng.randrange(len(frames))])
+        return status == 200
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(one_client(k) for k in range(conc)))
-        wall = time.perf_counter() - t0
-    del rng
-    arr = np.array(lat) * 1000 if lat else np.array([float("nan")])
-    return {"requests": len(lat), "errors": errors, "throughput_rps": len(lat) / wall,
-            "p50_ms": float(np.percentile(arr, 50)), "p99_ms": float(np.percentile(arr, 99))}
+    s0, c0 = proc_stats(pid), time.process_time()
+    load = await closed_loop(conc, seconds, one, seed)
+    s1, c1 = proc_stats(pid), time.process_time()
+    for c in conns:
+        await c.close()
+    return {"requests": load.requests, "errors": load.errors, "throughput_rps": load.requests / load.wall_s,
+            **summarise_latencies(load.latencies), "server_cores": (s1.cpu_s - s0.cpu_s) / load.wall_s,
+            "loadgen_cores": (c1 - c0) / load.wall_s, "rss_mb": s1.rss_mb}
 
 
-def start(cmd: list[str], env: dict) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
+def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], dist: str, c: int,
+             frames: list[bytes], metrics_url: str | None) -> dict:
+    loop = new_loop()
     try:
-        proc.wait(15)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+        loop.run_until_complete(_point(port, tasks, dist, c, args.warmup, frames, 1, pid))
+        before = httpx.get(metrics_url).text if metrics_url else ""
+        profiler = _profile(pid, args) if args.profile else None
+        point = loop.run_until_complete(_point(port, tasks, dist, c, args.seconds, frames, 2, pid))
+        if profiler is not None:
+            profiler.wait()
+            raw = Path(args.out).with_name("serve_profile.txt")
+            if raw.is_file():
+                point["profile"] = summarise_profile(raw)
+                print(json.dumps(point["profile"]["phase_share"], indent=1), flush=True)
+    finally:
+        loop.close()
+    if metrics_url:
+        after = httpx.get(metrics_url).text
+        tot = metric_sum(after, "nettailor_batch_samples_total") - metric_sum(before, "nettailor_batch_samples_total")
+        mixed = metric_sum(after, "nettailor_batch_mixed_samples_total") - metric_sum(
+            before, "nettailor_batch_mixed_samples_total")
+        point["cross_task_share"] = mixed / tot if tot else 0.0
+        point["mean_batch"] = tot / max(1.0, metric_sum(after, "nettailor_batch_size_count")
+                                         - metric_sum(before, "nettailor_batch_size_count"))
+    return point
 
 
-def main() -> None:
+def _profile(pid: int, args: argparse.Namespace) -> subprocess.Popen:
+    """py-spy over the server for the measured seconds (all threads, native frames off)."""
+    out = Path(args.out).with_name("serve_profile")
+    spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy") or "py-spy"
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration",
+                             str(int(args.seconds)), "--rate", "200", "--format", "raw", "--output",
+                             str(out.with_suffix(".txt"))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+_PHASES = (  # first match wins, checked from the innermost frame outwards
+    ("executor", ("server/executor.py", "server/kernels.py")),
+    ("decode", ("server/images.py",)),
+    ("preprocess", ("_preprocess", "blockstore/preprocess.py")),
+    ("response", ("_top_k", "serialize_response", "jsonable_encoder", "pydantic", "_json_response")),
+    ("batcher hand-off", ("server/batching.py",)),
+    ("metrics", ("prometheus_client", "server/metrics.py")),
+    ("pack cache", ("server/cache.py",)),
+)
+
+
+_IDLE = ("Condition.wait", "Event.wait", "Runner.run (asyncio/runners.py", "select (selectors.py",
+         "_worker (concurrent/futures/thread.py")  # leaf frames of a thread that waits
+
+
+def summarise_profile(raw: Path) -> dict:
+    """py-spy's collapsed stacks -> share of busy samples per phase, and the top functions by own time.
+
+    Samples whose innermost frame is a wait (a condition, the event loop's poll) are idle, not busy."""
+    phases: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = stack.split(";")
+        if any(k in frames[-1] for k in _IDLE):
+            idle += n
+            continue
+        total += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        phase = next((name for f in reversed(frames) for name, keys in _PHASES if any(k in f for k in keys)),
+                     "http + event loop")
+        phases[phase] = phases.get(phase, 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:25]
+    total = max(total, 1)
+    return {"busy_samples": total, "idle_samples": idle,
+            "phase_share": {k: v / total for k, v in sorted(phases.items(), key=lambda kv: -kv[1])},
+            "top_own": [(f, c / total) for f, c in top]}
+
+
+def _systems(args: argparse.Namespace, n: int, prefix: str) -> dict:
+    env = {"NETTAILOR_STORE": f"{args.redis}?prefix={prefix}n{n}:", "NETTAILOR_TOKEN": "bench",
+           "NETTAILOR_MAX_BATCH": str(args.max_batch), "NETTAILOR_BATCH_WINDOW_MS": str(args.window_ms),
+           "NETTAILOR_MAX_QUEUE": "4096", "NETTAILOR_DEVICE": args.device}
+    env.update(dict(kv.split("=", 1) for kv in args.server_env))
+    out = {"nettailor": ([sys.executable, "-m", "nettailor", "serve", "--host", "127.0.0.1"], env, "/readyz")}
+    if "baseline" in args.systems.split(",") and n <= args.baseline_max_tasks:
+        out["baseline"] = ([sys.executable, "bench/baseline_server.py", "--redis", args.redis, "--prefix",
+                            f"{prefix}base{n}:", "--m", str(args.m), "--window-ms", str(args.window_ms),
+                            "--max-batch", str(args.max_batch)], {}, "/healthz")
+    return out
+
+
+def _args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL (keys get a unique prefix)")
-    ap.add_argument("--tasks", default="1,5,20,100", help="comma-separated task counts N")
-    ap.add_argument("--concurrency", default="1,8,32", help="comma-separated closed-loop concurrency C")
-    ap.add_argument("--dists", default="zipf,uniform", help="request popularity: zipf and/or uniform")
-    ap.add_argument("--seconds", type=float, default=8.0, help="measured seconds per point")
-    ap.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per point")
+    ap.add_argument("--stem", default="imagenet", help="backbone stem (default imagenet, as in issue 11)")
+    ap.add_argument("--tasks", default="1,20,100,1000", help="comma-separated task counts N")
+    ap.add_argument("--concurrency", default="8,32", help="comma-separated closed-loop concurrency C")
+    ap.add_argument("--dists", default="zipf", help="request popularity: zipf and/or uniform")
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per point")
+    ap.add_argument("--warmup", type=float, default=3.0, help="warm-up seconds per point")
+    ap.add_argument("--executor-seconds", type=float, default=2.0, help="seconds per executor workload and round")
     ap.add_argument("--m", type=int, default=4, help="baseline: full models kept in memory")
     ap.add_argument("--window-ms", type=float, default=2.0, help="batch collection window (both systems)")
-    ap.add_argument("--max-batch", type=int, default=32, help="largest batch (both systems)")
-    ap.add_argument("--systems", default="nettailor,baseline", help="which systems to run (default both)")
-    ap.add_argument("--quick", action="store_true", help="smoke run: N in {1,20}, C=32, zipf, 3 s")
+    ap.add_argument("--max-batch", type=int, default=32, help="largest batch (both systems, and the executor rate)")
+    ap.add_argument("--systems", default="nettailor", help="nettailor and/or baseline")
+    ap.add_argument("--baseline-max-tasks", type=int, default=100, help="largest N the baseline runs at (each "
+                    "task stores a 43 MB model in Redis)")
+    ap.add_argument("--device", default="cpu", help="NETTAILOR_DEVICE for the server and the executor rate")
+    ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra environment for the server (repeatable), e.g. NETTAILOR_TORCH_THREADS=1")
+    ap.add_argument("--profile", action="store_true", help="record the server with py-spy at every point")
+    ap.add_argument("--quick", action="store_true", help="N in {1,20,1000}, C=32, zipf, 4 s per point")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_bench.json"), help="JSON output path")
     args = ap.parse_args()
     if args.quick:
-        args.tasks, args.concurrency, args.dists, args.seconds, args.warmup = "1,20", "32", "zipf", 3.0, 1.0
+        args.tasks = "1,20,1000" if args.tasks == ap.get_default("tasks") else args.tasks
+        args.concurrency, args.seconds, args.warmup, args.executor_seconds = "32", 4.0, 2.0, 1.0
+    return args
+
+
+def main() -> None:
+    args = _args()
     ns = [int(x) for x in args.tasks.split(",")]
     cs = [int(x) for x in args.concurrency.split(",")]
-    dists = args.dists.split(",")
-    torch.manual_seed(0)
-    bb = Backbone(CONFIG).freeze().eval()
-    spec = bb.spec
+    bb = make_backbone(args.stem)
+    task_ids = [f"task-{i:04d}" for i in range(max(ns))]
+    print(f"[bench] building {len(task_ids)} task packs", flush=True)
+    packs = build_packs(bb, task_ids)
+    pack_mb = float(np.mean([len(p) for p in packs])) / 2**20
+    limit_packs = packs[:20]
+
+    def limit() -> dict:
+        r = executor_rates(bb, limit_packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
+                           device=args.device)["img_per_s"]
+        print(f"[bench] executor: {json.dumps({k: round(v) for k, v in r.items()})}", flush=True)
+        return r
+
+    rates = [limit()]
     prefix = f"ntbench-{uuid.uuid4().hex[:8]}:"
     rds = redis.Redis.from_url(args.redis)
     frames = png_frames(64)
     results: list[dict] = []
-    rng = random.Random(0)
-    task_ids = [f"task-{i:03d}" for i in range(max(ns))]
-    print(f"[bench] building {len(task_ids)} task packs and full per-task models", flush=True)
-    packs = []
-    for i, tid in enumerate(task_ids):
-        net = randomize(TailoredNet(bb, random_plan(spec, rng), 10), seed=i, scale=0.05)
-        packs.append(TaskPack.from_net(net, tid, [str(k) for k in range(10)], Preprocess(size=32)).to_bytes())
-    pack_mb = float(np.mean([len(p) for p in packs])) / 2**20
-    full_model = bb.to_bytes()  # each task's full model has this size; contents do not change timing
     try:
         for n in ns:
-            tasks = task_ids[:n]
             store = RedisStore(args.redis, prefix=f"{prefix}n{n}:")
             store.put_backbone(bb.to_bytes())
-            for tid, data in zip(tasks, packs):
+            for tid, data in zip(task_ids[:n], packs):
                 store.register(tid, data)
-            for tid in tasks:
-                rds.set(f"{prefix}base{n}:model:{tid}", full_model)
-            systems = {
-                "nettailor": ([sys.executable, "-m", "nettailor", "serve", "--host", "127.0.0.1"],
-                              {"NETTAILOR_STORE": f"{args.redis}?prefix={prefix}n{n}:", "NETTAILOR_TOKEN": "bench",
-                               "NETTAILOR_MAX_BATCH": str(args.max_batch),
-                               "NETTAILOR_BATCH_WINDOW_MS": str(args.window_ms),
-                               "NETTAILOR_MAX_QUEUE": "4096", "NETTAILOR_DEVICE": "cpu"}, "/readyz"),
-                "baseline": ([sys.executable, "bench/baseline_server.py", "--redis", args.redis,
-                              "--prefix", f"{prefix}base{n}:", "--m", str(args.m),
-                              "--window-ms", str(args.window_ms), "--max-batch", str(args.max_batch)], {}, "/healthz"),
-            }
+            systems = _systems(args, n, prefix)
+            if "baseline" in systems:
+                full = bb.to_bytes()
+                for tid in task_ids[:n]:
+                    rds.set(f"{prefix}base{n}:model:{tid}", full)
             for system, (cmd, env, ready) in systems.items():
-                if system not in args.systems.split(","):
-                    continue
                 port = free_port()
-                proc = start([*cmd, "--port", str(port)], env)
+                proc = start_server([*cmd, "--port", str(port)], env)
                 url = f"http://127.0.0.1:{port}"
                 try:
-                    wait_ready(url, ready, proc)
-                    idle_rss = rss_mb(proc.pid)
-                    for dist in dists:
+                    wait_ready(url + ready, proc)
+                    idle = proc_stats(proc.pid).rss_mb
+                    for dist in args.dists.split(","):
                         for c in cs:
-                            asyncio.run(closed_loop(url, tasks, dist, c, args.warmup, frames, seed=1))
-                            before = httpx.get(url + "/metrics").text if system == "nettailor" else ""
-                            point = asyncio.run(closed_loop(url, tasks, dist, c, args.seconds, frames, seed=2))
-                            if system == "nettailor":
-                                after = httpx.get(url + "/metrics").text
-                                mixed = metric_sum(after, "nettailor_batch_mixed_samples_total") - metric_sum(
-                                    before, "nettailor_batch_mixed_samples_total")
-                                total = metric_sum(after, "nettailor_batch_samples_total") - metric_sum(
-                                    before, "nettailor_batch_samples_total")
-                                point["cross_task_share"] = mixed / total if total else 0.0
-                            point.update(system=system, tasks=n, dist=dist, concurrency=c, rss_mb=rss_mb(proc.pid),
-                                         idle_rss_mb=idle_rss)
+                            point = _measure(port, proc.pid, args, task_ids[:n], dist, c, frames,
+                                             url + "/metrics" if system == "nettailor" else None)
+                            point.update(system=system, tasks=n, dist=dist, concurrency=c, idle_rss_mb=idle)
                             results.append(point)
-                            print(f"[bench] {system:9s} N={n:3d} {dist:7s} C={c:2d}: "
-                                  f"{point['throughput_rps']:7.1f} req/s  p50 {point['p50_ms']:6.1f} ms  "
-                                  f"p99 {point['p99_ms']:6.1f} ms  rss {point['rss_mb']:.0f} MB", flush=True)
+                            print(f"[bench] {system:9s} N={n:4d} {dist:7s} C={c:2d}: {point['throughput_rps']:7.1f} "
+                                  f"req/s  p50 {point['p50_ms']:6.1f}  p99 {point['p99_ms']:6.1f} ms  server "
+                                  f"{point['server_cores']:.2f} cores  loadgen {point['loadgen_cores']:.2f}  rss "
+                                  f"{point['rss_mb']:.0f} MB  errors {point['errors']}", flush=True)
                 finally:
-                    stop(proc)
+                    stop_server(proc)
     finally:
         keys = list(rds.scan_iter(match=f"{prefix}*"))
         for i in range(0, len(keys), 500):
             rds.delete(*keys[i : i + 500])
-
-    summary = summarise(results)
+    rates.append(limit())
+    executor = {k: max(r[k] for r in rates) for k in rates[0]}
     out = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "torch": torch.__version__},
+                    "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
+                    "note": "shared with other agents: compare ratios from one run, not absolute figures"},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {**vars(args), "backbone": CONFIG.__dict__, "mean_pack_mb": pack_mb,
-                   "full_model_mb": len(full_model) / 2**20},
+        "config": {**vars(args), "mean_pack_mb": pack_mb},
+        "executor_img_per_s": executor, "executor_runs": rates,
         "results": results,
-        "summary": summary,
+        "summary": summarise(results, executor),
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
     plot(results, path.with_suffix(".png"))
-    print(json.dumps(summary, indent=2))
-    print(f"[bench] wrote {path} and {path.with_suffix('.png')}")
+    print(json.dumps(out["summary"], indent=2))
+    print(f"[bench] wrote {path}")
 
 
 def _find(results: list[dict], **kw) -> dict | None:
@@ -259,29 +306,29 @@ def _find(results: list[dict], **kw) -> dict | None:
     return None
 
 
-def summarise(results: list[dict]) -> dict:
-    s: dict = {}
-    ns = sorted({r["tasks"] for r in results})
-    cmax = max(r["concurrency"] for r in results)
-    dist = "zipf" if any(r["dist"] == "zipf" for r in results) else results[0]["dist"]
-    upper = _find(results, system="nettailor", tasks=1, dist=dist, concurrency=cmax)
+def summarise(results: list[dict], executor: dict) -> dict:
+    """The issue's target ratios, each from this run."""
+    nt = [r for r in results if r["system"] == "nettailor"]
+    for r in nt:
+        r["vs_executor_mixed"] = r["throughput_rps"] / executor["mixed"]
+    s: dict = {"executor_mixed_vs_one": executor["mixed"] / executor["one"],
+               "executor_mixed_vs_one_task0": executor["mixed"] / executor["one-task0"],
+               "server_cores_max": max((r["server_cores"] for r in nt), default=float("nan"))}
+    cmax = max((r["concurrency"] for r in nt), default=0)
+    ns = sorted({r["tasks"] for r in nt})
+    dist = "zipf" if any(r["dist"] == "zipf" for r in nt) else (nt[0]["dist"] if nt else "zipf")
+    at = {n: _find(nt, tasks=n, dist=dist, concurrency=cmax) for n in ns}
+    if at.get(20):
+        s["served_n20_vs_executor_mixed"] = at[20]["throughput_rps"] / executor["mixed"]
+        if at.get(1):
+            s["n20_vs_n1"] = at[20]["throughput_rps"] / at[1]["throughput_rps"]
+        big = max(ns)
+        if big > 20 and at.get(big):
+            s[f"n{big}_vs_n20"] = {k: at[big][k] / at[20][k] for k in ("throughput_rps", "p99_ms", "rss_mb")}
     for n in ns:
-        a = _find(results, system="nettailor", tasks=n, dist=dist, concurrency=cmax)
         b = _find(results, system="baseline", tasks=n, dist=dist, concurrency=cmax)
-        if a and upper:
-            b = b or {"throughput_rps": float("nan")}
-            s[f"N={n} {dist} C={cmax}"] = {
-                "nettailor_rps": a["throughput_rps"], "baseline_rps": b["throughput_rps"],
-                "single_task_rps": upper["throughput_rps"],
-                "vs_single_task": a["throughput_rps"] / upper["throughput_rps"],
-                "vs_baseline": a["throughput_rps"] / b["throughput_rps"],
-                "cross_task_share": a.get("cross_task_share"),
-            }
-    one = [r["rss_mb"] for r in results if r["system"] == "nettailor" and r["tasks"] == 1]
-    many = [r["rss_mb"] for r in results if r["system"] == "nettailor" and r["tasks"] == max(ns)]
-    if one and many:
-        s["rss"] = {"nettailor_1_task_mb": max(one), f"nettailor_{max(ns)}_tasks_mb": max(many),
-                    "ratio": max(many) / max(one)}
+        if b and at.get(n):
+            s[f"n{n}_vs_baseline"] = at[n]["throughput_rps"] / b["throughput_rps"]
     return s
 
 

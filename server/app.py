@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check_security()
     app = FastAPI(title="NetTailor", version="1", description=_DESCRIPTION, lifespan=_lifespan(settings))
     app.state.settings = settings
-    app.state.metrics = Metrics()
+    app.state.metrics = Metrics(max_task_labels=settings.metrics_max_tasks)
     app.state.backbone = None
     app.state.not_ready = "starting"
     # An empty id (PUT /v1/tasks/) is a 404 like any unknown path, not a redirect to another resource.

@@ -1,14 +1,16 @@
 """Dynamic micro-batching in front of the executor.
 
-Requests put samples on one bounded queue; ONE dedicated worker thread takes the oldest sample, waits
-up to ``window`` (counted from that sample's arrival) for up to ``max_batch`` samples, and hands
-them, whatever their tasks, to :meth:`Executor.run` in one call, so samples of different tasks share
-every universal block they both keep.  Results go back to each request's future on its event loop.
+Requests put *frames* on one bounded queue: an image and the tasks that read it (one task for a
+single-task request, several for ``?tasks=a,b,c``).  ONE dedicated worker thread takes the oldest
+frame, waits up to ``window`` (counted from that frame's arrival) for up to ``max_batch`` rows (one
+row per frame and task), and hands every frame it took, whatever its tasks, to
+:meth:`Executor.run_frames` in one call: single-task samples and multi-task frames share every
+universal block they keep, and a multi-task frame's stem and shared frozen-BN prefixes still run once.
+Results go back to each request's future on its event loop, one loop wake-up per batch.
 
 A full queue answers :class:`Overloaded` at once (with a Retry-After estimated from the recent cost
-per sample) instead of queueing without bound.  A one-image-many-tasks job runs as its own call to
-:meth:`Executor.run_multi`.  A batch that fails is retried one sample at a time, so a sample that
-breaks the executor fails alone.
+per row) instead of queueing without bound.  A batch that fails is retried one frame at a time, so
+a frame that breaks the executor fails alone.
 """
 
 from __future__ import annotations
@@ -39,21 +41,22 @@ class RunResult:
     logits: Tensor  # CPU float [num_classes]
     queue_s: float  # from submission to the start of its executor call
     infer_s: float  # the executor call that computed it
-    batch_size: int
+    batch_size: int  # rows (frame x task pairs) in that call
 
 
 @dataclass(eq=False)
 class _Job:
+    """One frame: an image and the tasks that read it."""
+
     loop: asyncio.AbstractEventLoop
-    futures: list[asyncio.Future]
-    task: PreparedTask | None = None  # a sample job: one (task, x)
-    x: Tensor | None = None
-    tasks: Sequence[PreparedTask] = ()  # a multi job: x through every task
+    future: asyncio.Future
+    x: Tensor
+    tasks: Sequence[PreparedTask]
     t_enq: float = field(default_factory=time.perf_counter)
 
     @property
     def size(self) -> int:
-        return 1 if self.task is not None else len(self.tasks)
+        return len(self.tasks)
 
 
 class Batcher:
@@ -64,27 +67,28 @@ class Batcher:
         self.metrics = metrics or Metrics()
         self._cond = threading.Condition()
         self._queue: deque[_Job] = deque()
-        self._depth = 0  # samples queued, not yet taken by the worker
+        self._depth = 0  # rows queued, not yet taken by the worker
         self._stop = False
-        self._per_sample_s = 0.005  # running estimate, for Retry-After
+        self._per_row_s = 0.005  # running estimate, for Retry-After
         self._thread = threading.Thread(target=self._work, name="nettailor-executor", daemon=True)
         self._thread.start()
 
     # -- submission (event loop) -------------------------------------------------------------
 
+    async def run_frames(self, frames: Sequence[tuple[Tensor, Sequence[PreparedTask]]]) -> list[list[RunResult]]:
+        """Queue frames (each an image and its tasks) and wait for every (frame, task) result, in order."""
+        loop = asyncio.get_running_loop()
+        jobs = [_Job(loop, loop.create_future(), x, tuple(tasks)) for x, tasks in frames]
+        self._put(jobs, sum(j.size for j in jobs))
+        return [await job.future for job in jobs]
+
     async def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[RunResult]:
         """Queue samples (of any tasks) and wait for their logits, in order."""
-        loop = asyncio.get_running_loop()
-        jobs = [_Job(loop, [loop.create_future()], task=t, x=x) for t, x in items]
-        self._put(jobs, len(jobs))
-        return [r for job in jobs for r in await job.futures[0]]
+        return [r for (r,) in await self.run_frames([(x, (t,)) for t, x in items])]
 
     async def run_multi(self, x: Tensor, tasks: Sequence[PreparedTask]) -> list[RunResult]:
-        """One image through several tasks (which share its preprocessing) in one executor call."""
-        loop = asyncio.get_running_loop()
-        job = _Job(loop, [loop.create_future()], x=x, tasks=list(tasks))
-        self._put([job], job.size)
-        return await job.futures[0]
+        """One image through several tasks: batched with whatever else is queued."""
+        return (await self.run_frames([(x, tasks)]))[0]
 
     def _put(self, jobs: list[_Job], n: int) -> None:
         with self._cond:
@@ -92,7 +96,7 @@ class Batcher:
                 raise Overloaded("the server is shutting down", retry_after=1)
             if self._depth + n > self.max_queue:
                 self.metrics.overloaded.inc()
-                wait = math.ceil((self._depth + n) * self._per_sample_s)
+                wait = math.ceil((self._depth + n) * self._per_row_s)
                 raise Overloaded(f"the request queue is full ({self._depth} of {self.max_queue} samples waiting); "
                                  f"retry later", retry_after=wait)
             self._queue.extend(jobs)
@@ -114,19 +118,19 @@ class Batcher:
                 self._cond.wait()
             first = self._queue.popleft()
             batch, n = [first], first.size
-            if first.task is not None:
-                deadline = first.t_enq + self.window_s
-                while n < self.max_batch:
-                    if self._queue:
-                        if self._queue[0].task is None:
-                            break  # a multi job runs on its own
-                        batch.append(self._queue.popleft())
-                        n += 1
-                        continue
-                    left = deadline - time.perf_counter()
-                    if left <= 0 or self._stop:
-                        break
-                    self._cond.wait(left)
+            deadline = first.t_enq + self.window_s
+            while n < self.max_batch:
+                if self._queue:
+                    if n + self._queue[0].size > self.max_batch:
+                        break  # the next frame would overflow the batch: it opens the next one
+                    job = self._queue.popleft()
+                    batch.append(job)
+                    n += job.size
+                    continue
+                left = deadline - time.perf_counter()
+                if left <= 0 or self._stop:
+                    break
+                self._cond.wait(left)
             self._depth -= n
             self.metrics.queue_depth.set(self._depth)
             return batch
@@ -140,59 +144,46 @@ class Batcher:
                 self._execute(batch)
             except Exception as e:  # never leave a request waiting
                 log.exception("executor worker failed")
-                for job in batch:
-                    self._fail(job, e)
+                self._settle_all([(job, None, e) for job in batch])
 
     def _execute(self, batch: list[_Job]) -> None:
         t0 = time.perf_counter()
-        if batch[0].task is None:
-            job = batch[0]
-            try:
-                out = self.executor.run_multi(job.x, job.tasks)  # type: ignore[arg-type]
-            except Exception as e:
-                self._fail(job, e)
-                return
-            dt = time.perf_counter() - t0
-            self._observe(len(out), len({t.uid for t in job.tasks}) > 1, dt)
-            self._deliver(job, [RunResult(o, t0 - job.t_enq, dt, len(out)) for o in out])
-            return
-        items = [(j.task, j.x) for j in batch]
         try:
-            out = self.executor.run(items)  # type: ignore[arg-type]
+            out = self.executor.run_frames([(j.x, j.tasks) for j in batch])
         except Exception as e:
             if len(batch) == 1:
-                self._fail(batch[0], e)
+                log.error("executor failed for %s: %r", ",".join(t.task_id for t in batch[0].tasks), e)
+                self._settle_all([(batch[0], None, e)])
                 return
-            log.warning("a batch of %d failed (%s); running its samples one by one", len(batch), e)
+            log.warning("a batch of %d frames failed (%s); running them one by one", len(batch), e)
             for job in batch:
                 self._execute([job])
             return
         dt = time.perf_counter() - t0
-        self._observe(len(batch), len({j.task.uid for j in batch}) > 1, dt)  # type: ignore[union-attr]
-        for job, o in zip(batch, out):
-            self._deliver(job, [RunResult(o, t0 - job.t_enq, dt, len(batch))])
-
-    def _observe(self, size: int, mixed: bool, dt: float) -> None:
-        self.metrics.observe_batch(size, mixed)
-        self._per_sample_s = 0.9 * self._per_sample_s + 0.1 * (dt / max(1, size))
+        rows = sum(j.size for j in batch)
+        self.metrics.observe_batch(rows, len({t.uid for j in batch for t in j.tasks}) > 1)
+        self._per_row_s = 0.9 * self._per_row_s + 0.1 * (dt / max(1, rows))
+        self._settle_all([(j, [RunResult(o, t0 - j.t_enq, dt, rows) for o in logits], None)
+                          for j, logits in zip(batch, out)])
 
     @staticmethod
-    def _settle(fut: asyncio.Future, value: object, error: BaseException | None) -> None:
-        if fut.done():
-            return
-        if error is not None:
-            fut.set_exception(error)
-        else:
-            fut.set_result(value)
+    def _settle(results: list[tuple[_Job, object, BaseException | None]]) -> None:
+        for job, value, error in results:
+            if job.future.done():
+                continue
+            if error is not None:
+                job.future.set_exception(error)
+            else:
+                job.future.set_result(value)
 
-    def _deliver(self, job: _Job, value: object) -> None:
-        with contextlib.suppress(RuntimeError):  # the request's loop is gone
-            job.loop.call_soon_threadsafe(self._settle, job.futures[0], value, None)
-
-    def _fail(self, job: _Job, error: BaseException) -> None:
-        log.error("executor failed for %s: %r", job.task.task_id if job.task else "a multi-task job", error)
-        with contextlib.suppress(RuntimeError):
-            job.loop.call_soon_threadsafe(self._settle, job.futures[0], None, error)
+    def _settle_all(self, results: list[tuple[_Job, object, BaseException | None]]) -> None:
+        """Hand results to their event loops: one thread-safe call (one wake-up) per loop, not per job."""
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+        for r in results:
+            by_loop.setdefault(r[0].loop, []).append(r)
+        for loop, rs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the request's loop is gone
+                loop.call_soon_threadsafe(self._settle, rs)
 
     # -- life cycle -----------------------------------------------------------------------
 
@@ -204,5 +195,4 @@ class Batcher:
         self._thread.join(timeout)
         with self._cond:
             left, self._queue = list(self._queue), deque()
-        for job in left:
-            self._fail(job, Overloaded("the server is shutting down"))
+        self._settle_all([(job, None, Overloaded("the server is shutting down")) for job in left])

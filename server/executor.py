@@ -1,21 +1,26 @@
 """Block-wise execution of mixed-task batches over the shared universal blocks.
 
 Every task keeps the same frozen convolutions; what differs per task is small: batch-norm
-statistics (folded here into a per-channel scale and shift), path weights, proxies and the
-classifier.  So a batch that mixes tasks runs each universal block ONCE over every sample whose
-plan keeps it, with each sample's own affine gathered by task; proxies and heads run per task group,
-and samples skip the blocks their plan dropped.
+statistics (folded into a per-channel scale and shift), path weights, proxies and the classifier.
+So one pass serves many *frames x tasks* rows:
 
-Rows whose computation is provably identical are computed once: a row's *key* names its input and
-every task-specific tensor that touched it.  For one image sent to many tasks (``run_multi``) the
-stem convolution runs once, and tasks that share frozen BN statistics share whole block prefixes.
+* each universal block runs ONCE over every row whose plan keeps it, with each row's own affine
+  gathered by task, and rows skip the blocks their plan dropped;
+* the proxies of all the tasks that read one (node, stride), and all the classifiers, run as one
+  segmented matrix product each (:mod:`server.kernels`), not as one small convolution per task.
 
-The result equals running each sample alone through its task's :class:`TailoredNet` (the reference
-definition) up to float rounding from the BN folding, which the tests bound at 1e-4.
+Rows whose computation is provably identical are computed once: a row's *key* names its input frame
+and every task-specific tensor that touched it.  So a frame sent to many tasks runs the stem
+convolution once, and tasks that share frozen BN statistics share whole block prefixes, whether the
+frame came alone or batched with other frames and single-task requests.
+
+The result equals running each row alone through its task's :class:`TailoredNet` (the reference
+definition) up to float rounding from the folding, which the tests bound at 1e-4.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Hashable, Sequence
 
 import torch
@@ -24,48 +29,20 @@ from torch import Tensor
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from blockstore import Backbone
-from blockstore.frozen import block_bns
 
-from .prepared import Affine, FoldedProxy, PreparedTask, fold_bn
+from . import kernels
+from .prepared import PreparedTask, bn_layout, shared_affines
 
-__all__ = ["Executor", "PreparedTask"]
+__all__ = ["Executor", "PreparedTask", "executor_threads"]
 
-
-def _shared_affines(backbone: Backbone) -> dict[str, Affine]:
-    net = backbone.net
-    bn1 = net.bn1
-    out = {"stem/bn1": fold_bn(bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, bn1.eps)}
-    for l, blk in enumerate(backbone.blocks, start=1):
-        for name, bn in block_bns(blk).items():
-            assert bn.running_mean is not None and bn.running_var is not None
-            out[f"{l}/{name}"] = fold_bn(bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.eps)
-    return out
+Frame = tuple[Tensor, Sequence[PreparedTask]]  # one image [3, H, W] and the tasks that read it
+_Run = tuple[PreparedTask, int, int]  # a task and its rows [start, stop)
 
 
-def _take(t: Tensor, rows: Sequence[int]) -> Tensor:
-    """``t[rows]``, as a view when the rows are a contiguous run (the common case: run() sorts
-    rows by task, so each task's rows are one run)."""
-    if len(rows) == t.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
-        return t
-    if rows[-1] - rows[0] + 1 == len(rows):
-        return t[rows[0] : rows[-1] + 1]
-    return t[list(rows)]
+def _zeros(like: Tensor, n: int, c: int, hw: Sequence[int]) -> Tensor:
+    """Zeros [n, c, h, w], channels-last."""
+    return like.new_zeros((n, hw[0], hw[1], c)).permute(0, 3, 1, 2)
 
-
-def _put(out: Tensor, rows: Sequence[int], value: Tensor) -> None:
-    if rows[-1] - rows[0] + 1 == len(rows):
-        out[rows[0] : rows[-1] + 1] = value
-    else:
-        out[list(rows)] = value
-
-
-def _run_proxy(fp: FoldedProxy, x: Tensor) -> Tensor:
-    """The proxy's convolutions on an input already max-pooled by ``fp.stride``."""
-    for i, (w, b) in enumerate(fp.stages):
-        if i:
-            x = F.relu(x)
-        x = F.conv2d(x, w, b)
-    return x
 
 class _Interner:
     """Maps hashable row keys to small ints, so keys stay cheap as they nest layer by layer."""
@@ -91,17 +68,41 @@ def _dedup(keys: Sequence[int]) -> tuple[list[int], list[int]] | None:
     return None if len(reps) == len(keys) else (reps, inverse)
 
 
-class _Batch:
-    """Per-batch state: the tasks of each row and their stacked affines."""
+def _span(runs: Sequence[_Run]) -> tuple[list[int], int]:
+    """The rows of ``runs`` and the row count of each."""
+    rows = [i for _, a, b in runs for i in range(a, b)]
+    return rows, len(rows)
 
-    def __init__(self, executor: Executor, tasks: Sequence[PreparedTask]) -> None:
-        self.ex = executor
-        self.tasks = list(tasks)
+
+class _Batch:
+    """Per-pass state: each row's task and frame, the runs of rows per task, the key interner."""
+
+    def __init__(self, ex: Executor, tasks: list[PreparedTask], frame_of_row: list[int]) -> None:
+        self.ex, self.tasks, self.frame_of_row = ex, tasks, frame_of_row
+        self.n = len(tasks)
+        self.runs: list[_Run] = []
+        for i, t in enumerate(tasks):
+            if self.runs and self.runs[-1][0] is t:
+                self.runs[-1] = (t, self.runs[-1][1], i + 1)
+            else:
+                self.runs.append((t, i, i + 1))
         self.intern = _Interner()
+        self.bn_ids = [t.uid if t.affines is not None else 0 for t in tasks]
         self._pooled: dict[tuple[int, int], Tensor] = {}
 
+    def index(self, rows: Sequence[int]) -> Tensor:
+        return torch.tensor(rows, dtype=torch.long).to(self.ex.device, non_blocking=True)
+
+    def take(self, t: Tensor, rows: Sequence[int]) -> Tensor:
+        """``t[rows]``; a view when the rows are one contiguous run (the common case)."""
+        if len(rows) == t.shape[0] and rows[0] == 0 and rows[-1] == len(rows) - 1:
+            return t
+        if rows[-1] - rows[0] + 1 == len(rows):
+            return t[rows[0] : rows[-1] + 1]
+        return t.index_select(0, self.index(rows))
+
     def pooled(self, nodes: list[Tensor | None], src: int, stride: int) -> Tensor:
-        """Node ``src`` max-pooled by ``stride`` for every row, once per batch: proxies of all tasks
+        """Node ``src`` max-pooled by ``stride`` for every row, once per pass: proxies of all tasks
         (and of several layers) reading the same node at the same stride share it."""
         key = (src, stride)
         out = self._pooled.get(key)
@@ -120,166 +121,208 @@ class _Batch:
             self._pooled[key] = out
         return out
 
-    def bn_id(self, row_tasks: Sequence[PreparedTask]) -> list[int]:
-        return [t.uid if t.affines is not None else 0 for t in row_tasks]
+    def affine(self, block: int, row_tasks: Sequence[PreparedTask]) -> Tensor:
+        """Packed affines [rows or 1, 2, D] of ``block`` (0: the stem) for these rows' tasks."""
+        shared = self.ex.shared[block]
+        tables = [t.affines[block] if t.affines is not None else shared for t in row_tasks]
+        first = tables[0]
+        if all(tb is first for tb in tables):
+            return first[None]
+        slot: dict[int, int] = {}
+        uniq: list[Tensor] = []
+        idx = []
+        for tb in tables:
+            j = slot.get(id(tb))
+            if j is None:
+                j = slot[id(tb)] = len(uniq)
+                uniq.append(tb)
+            idx.append(j)
+        return torch.stack(uniq).index_select(0, self.index(idx))
 
-    def affine(self, key: str, row_tasks: Sequence[PreparedTask]) -> Affine:
-        """Per-row scale and shift, shaped to broadcast over [rows, C, H, W]."""
-        tables = [(t.affines or self.ex.shared)[key] for t in row_tasks]
-        if all(tb is tables[0] for tb in tables):
-            s, b = tables[0]
-            return s.view(1, -1, 1, 1), b.view(1, -1, 1, 1)
-        scale = torch.stack([tb[0] for tb in tables]).unsqueeze(-1).unsqueeze(-1)
-        shift = torch.stack([tb[1] for tb in tables]).unsqueeze(-1).unsqueeze(-1)
-        return scale, shift
+
+def executor_threads(setting: int = 0) -> int:
+    """Torch intra-op threads for a serving process: ``setting``, or one per core but one (at least one).
+
+    The event loop (HTTP, decoding, responses) needs a core of its own: on 2 cores, two torch threads
+    and the loop oversubscribe the machine, and OpenMP's spinning threads then steal the loop's core
+    (bench/serve_bench.py --server-env NETTAILOR_TORCH_THREADS=2 measures the alternative)."""
+    return setting or max(1, (os.cpu_count() or 1) - 1)
 
 
 class Executor:
     """Runs prepared tasks over the shared universal blocks.  Thread-safe: it only reads modules."""
 
-    def __init__(self, backbone: Backbone) -> None:
+    def __init__(self, backbone: Backbone, *, kernel: str | None = None) -> None:
+        """``kernel``: how the task-specific layers run, ``looped`` or ``grouped`` (see
+        :mod:`server.kernels`); default the faster one for the backbone's device."""
         self.backbone = backbone
         self.blocks = backbone.blocks
         self.num_layers = len(self.blocks)
+        self.device = next(backbone.parameters()).device
+        self.layout = bn_layout(backbone)
+        # Channels-last rows are what the proxies' matrix products read, and on CPU oneDNN's
+        # max-pool is several times faster on them.  The frozen weights are converted once, in place
+        # (values, state dict bytes and backbone id unchanged), or every conv would convert them.
+        backbone.net.to(memory_format=torch.channels_last)
+        self.kernel = kernel or kernels.default_kernel(self.device)
+        if self.kernel not in kernels.KERNELS:
+            raise ValueError(f"kernel must be one of {kernels.KERNELS}, not {self.kernel!r}")
         with torch.inference_mode():
-            self.shared = _shared_affines(backbone)
+            self.shared = shared_affines(backbone)
 
     # -- public --------------------------------------------------------------------------
 
-    def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[Tensor]:
-        """Logits (CPU, float) for each ``(task, x)``; samples of different tasks share each block call."""
-        out: list[Tensor | None] = [None] * len(items)
+    def run_frames(self, frames: Sequence[Frame]) -> list[list[Tensor]]:
+        """Logits (CPU, float) for every (frame, task) pair, in order: all the frames, whatever their
+        tasks, share one pass per input shape."""
+        out: list[list[Tensor]] = [[] for _ in frames]
         groups: dict[tuple[int, ...], list[int]] = {}
-        for i, (_, x) in enumerate(items):
-            groups.setdefault(tuple(x.shape), []).append(i)
-        dev = next(self.backbone.parameters()).device
+        for f, (x, _) in enumerate(frames):
+            groups.setdefault(tuple(x.shape), []).append(f)
         with torch.inference_mode():
-            for rows in groups.values():
-                rows.sort(key=lambda i: items[i][0].uid)  # each task's rows become one contiguous run
-                tasks = [items[i][0] for i in rows]
-                x = torch.stack([items[i][1] for i in rows]).to(dev, non_blocking=True)
-                logits = self._forward(tasks, x, list(range(len(rows))))
-                for j, i in enumerate(rows):
-                    out[i] = logits[j]
-        return out  # type: ignore[return-value]
+            for fs in groups.values():
+                pairs = [(t.uid, f, k, t) for f in fs for k, t in enumerate(frames[f][1])]
+                pairs.sort(key=lambda p: p[0])  # stable: each task's rows become one run, frames in order
+                slot: dict[int, int] = {}
+                frame_of_row = [slot.setdefault(f, len(slot)) for _, f, _, _ in pairs]
+                x = torch.stack([frames[f][0] for f in slot]).to(self.device, non_blocking=True)
+                logits = self._forward([p[3] for p in pairs], x, frame_of_row)
+                for f in fs:
+                    out[f] = [logits[0]] * len(frames[f][1])
+                for (_, f, k, _), o in zip(pairs, logits):
+                    out[f][k] = o
+        return out
+
+    def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[Tensor]:
+        """Logits for each ``(task, x)``; samples of different tasks share each block call."""
+        return [o for (o,) in self.run_frames([(x, (t,)) for t, x in items])]
 
     def run_multi(self, x: Tensor, tasks: Sequence[PreparedTask]) -> list[Tensor]:
         """One image ``x`` [3,H,W] through several tasks; identical work is done once."""
-        dev = next(self.backbone.parameters()).device
-        with torch.inference_mode():
-            xs = x.to(dev)[None].expand(len(tasks), *x.shape)
-            return self._forward(list(tasks), xs, [0] * len(tasks))
+        return self.run_frames([(x, tasks)])[0]
 
     # -- core ----------------------------------------------------------------------------
 
-    def _forward(self, tasks: list[PreparedTask], x: Tensor, in_keys: list[int]) -> list[Tensor]:
-        b = _Batch(self, tasks)
-        stem, keys = self._stem(b, x, in_keys)
+    def _forward(self, tasks: list[PreparedTask], x: Tensor, frame_of_row: list[int]) -> list[Tensor]:
+        b = _Batch(self, tasks, frame_of_row)
+        stem, keys = self._stem(b, x.contiguous(memory_format=torch.channels_last))
         nodes: list[Tensor | None] = [stem]
         node_keys: list[list[int]] = [keys]
-        all_rows = list(range(len(tasks)))
         for l in range(1, self.num_layers + 1):
-            node, keys = self._layer(b, l, nodes, node_keys, all_rows)
+            node, keys = self._layer(b, l, nodes, node_keys)
             nodes.append(node)
             node_keys.append(keys)
         last = nodes[-1]
         assert last is not None
-        feats = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1)
-        out: list[Tensor] = [feats[0]] * len(tasks)
-        for rows, t in _by_task(tasks, all_rows):
-            logits = F.linear(_take(feats, rows), *t.head)
-            for j, i in enumerate(rows):
-                out[i] = logits[j].float().cpu()
-        return out
+        feats = torch.flatten(F.adaptive_avg_pool2d(last, 1), 1).contiguous()
+        return kernels.heads(feats, b.runs, self.kernel)
 
-    def _stem(self, b: _Batch, x: Tensor, in_keys: list[int]) -> tuple[Tensor, list[int]]:
+    def _bn(self, y: Tensor, affine: Tensor, block: int, name: str) -> Tensor:
+        cols = self.layout[block][name]
+        return torch.addcmul(affine[:, 1, cols, None, None], y, affine[:, 0, cols, None, None])
+
+    def _stem(self, b: _Batch, x: Tensor) -> tuple[Tensor, list[int]]:
         net = self.backbone.net
-        # The convolution depends on the input only: run it once per distinct input.
-        d = _dedup(in_keys)
-        y = net.conv1(x[d[0]] if d else x)
-        if d:
-            y = y[d[1]]
-        keys = [b.intern(("stem", k, bn)) for k, bn in zip(in_keys, b.bn_id(b.tasks))]
+        y = net.conv1(x)  # once per frame
+        keys = [b.intern(("stem", f, bn)) for f, bn in zip(b.frame_of_row, b.bn_ids)]
         d = _dedup(keys)
-        rows = d[0] if d else list(range(len(keys)))
-        rt = [b.tasks[i] for i in rows]
-        s, sh = b.affine("stem/bn1", rt)
-        z = net.maxpool(F.relu(torch.addcmul(sh, y[rows] if d else y, s)))
-        return (z[d[1]] if d else z), keys
+        reps = d[0] if d else list(range(b.n))
+        y = b.take(y, [b.frame_of_row[i] for i in reps])
+        z = net.maxpool(F.relu(self._bn(y, b.affine(0, [b.tasks[i] for i in reps]), 0, "bn1")))
+        return (b.take(z, d[1]) if d else z), keys
 
-    def _layer(self, b: _Batch, l: int, nodes: list[Tensor | None], node_keys: list[list[int]],
-               all_rows: list[int]) -> tuple[Tensor | None, list[int]]:
-        tasks = b.tasks
-        alive = [i for i in all_rows if tasks[i].plan.layers[l - 1].num_paths]
+    def _layer(self, b: _Batch, l: int, nodes: list[Tensor | None],
+               node_keys: list[list[int]]) -> tuple[Tensor | None, list[int]]:
+        alive = [r for r in b.runs if r[0].plan.layers[l - 1].num_paths]
         if not alive:
-            return None, [-1] * len(tasks)
+            return None, [-1] * b.n
         prev = nodes[l - 1]
-        keys = [-1] * len(tasks)
         # Universal block over every row whose plan keeps it, deduplicated on (input, BN statistics).
-        brows = [i for i in alive if tasks[i].plan.layers[l - 1].block]
-        block_out: Tensor | None = None
-        if brows:
+        brows, nb = _span([r for r in alive if r[0].plan.layers[l - 1].block])
+        bkey = [-1] * b.n
+        acc: Tensor | None = None
+        if nb:
             assert prev is not None
-            bkeys = [b.intern(("blk", l, node_keys[l - 1][i], bn))
-                     for i, bn in zip(brows, b.bn_id([tasks[i] for i in brows]))]
-            d = _dedup(bkeys)
+            for i in brows:
+                bkey[i] = b.intern(("blk", l, node_keys[l - 1][i], b.bn_ids[i]))
+            d = _dedup([bkey[i] for i in brows])
             reps = [brows[j] for j in d[0]] if d else brows
-            xin = _take(prev, reps)
-            y = self._block(b, l, xin, [tasks[i] for i in reps])
-            block_out = y[d[1]] if d else y
-        # Mix paths per task group, then the node's one ReLU.  A layer that keeps only its block is
-        # ReLU(block) exactly (the softmax of one logit is 1).
-        only_block = all(not tasks[i].plan.layers[l - 1].proxies for i in alive)
-        if only_block and len(brows) == len(tasks):
-            assert block_out is not None
-            return F.relu(block_out), bkeys
-        bpos = {i: j for j, i in enumerate(brows)}
+            y = self._block(b, l, b.take(prev, reps), [b.tasks[i] for i in reps])
+            acc = b.take(y, d[1]) if d else y
+        has_proxies = any(r[0].plan.layers[l - 1].proxies for r in alive)
+        if not has_proxies and nb == b.n:
+            # ReLU(block) exactly: the softmax of one path logit is 1.
+            assert acc is not None
+            return F.relu_(acc), bkey
+        if nb:
+            assert acc is not None
+            acc = self._block_path(b, l, acc, brows)
+        if has_proxies:
+            acc = self._proxy_paths(b, l, nodes, alive, acc)
+        assert acc is not None
+        return F.relu_(acc), self._mix_keys(b, l, alive, bkey, node_keys)
+
+    @staticmethod
+    def _block_path(b: _Batch, l: int, block_out: Tensor, brows: list[int]) -> Tensor:
+        """``alpha_G * block`` for the rows that keep the block, zero for the others: the mix's start,
+        channels-last and contiguous, so that the proxies can be added in place row by row."""
+        w = [b.tasks[i].block_weight[l] for i in brows]
+        if any(v != 1.0 for v in w):
+            block_out = block_out * torch.tensor(w, dtype=block_out.dtype).to(block_out.device).view(-1, 1, 1, 1)
+        if len(brows) == b.n:
+            return block_out.contiguous(memory_format=torch.channels_last)
+        acc = _zeros(block_out, b.n, block_out.shape[1], block_out.shape[2:])
+        acc.index_copy_(0, b.index(brows), block_out)
+        return acc
+
+    def _proxy_paths(self, b: _Batch, l: int, nodes: list[Tensor | None], alive: list[_Run],
+                     acc: Tensor | None) -> Tensor:
+        """Add every kept proxy's output, and the layer's summed proxy bias, into ``acc`` (in place;
+        None: no row keeps the block, and the mix starts from zero)."""
+        sources: dict[int, int] = {}
+        for t, _, _ in alive:
+            for p in t.plan.layers[l - 1].proxies:
+                sources.setdefault(p.src, p.stride)
         out: Tensor | None = None
-        for rows, t in _by_task(tasks, alive):
-            lp = t.plan.layers[l - 1]
-            w = t.weights[l]
-            terms = []
-            if lp.block:
-                assert block_out is not None
-                terms.append(_take(block_out, [bpos[i] for i in rows]))
-            for p in lp.proxies:
-                terms.append(_run_proxy(t.proxies[(l, p.src)], _take(b.pooled(nodes, p.src, p.stride), rows)))
-            acc = terms[0] * w[0]
-            for k in range(1, len(terms)):
-                acc = acc + terms[k] * w[k]
+        for src, stride in sources.items():
+            x = b.pooled(nodes, src, stride)
             if out is None:
-                out = (acc.new_empty if len(alive) == len(tasks) else acc.new_zeros)((len(tasks), *acc.shape[1:]))
-            _put(out, rows, F.relu(acc))
-            for i in rows:
-                bk = bkeys[bpos[i]] if lp.block else -1
-                if lp.block and not lp.proxies:
-                    keys[i] = bk
-                else:
-                    keys[i] = b.intern(("mix", l, t.uid, bk, tuple(node_keys[p.src][i] for p in lp.proxies)))
-        return out, keys
+                if acc is None:
+                    acc = _zeros(x, b.n, self.backbone.spec.nodes[l].channels, x.shape[2:])
+                out = acc.permute(0, 2, 3, 1)  # channels-last rows [B, h, w, C], contiguous
+            runs = [r for r in alive if (l, src) in r[0].proxies]
+            kernels.add_proxies(out, x.permute(0, 2, 3, 1), runs, (l, src), self.kernel)
+        assert out is not None and acc is not None
+        kernels.add_layer_bias(out, alive, l, self.kernel)
+        return acc
+
+    @staticmethod
+    def _mix_keys(b: _Batch, l: int, alive: list[_Run], bkey: list[int], node_keys: list[list[int]]) -> list[int]:
+        keys = [-1] * b.n
+        for t, a, c in alive:
+            lp = t.plan.layers[l - 1]
+            if lp.block and not lp.proxies:
+                keys[a:c] = bkey[a:c]
+                continue
+            for i in range(a, c):
+                keys[i] = b.intern(("mix", l, t.uid, bkey[i], tuple(node_keys[p.src][i] for p in lp.proxies)))
+        return keys
 
     def _block(self, b: _Batch, l: int, x: Tensor, row_tasks: list[PreparedTask]) -> Tensor:
         blk = self.blocks[l - 1]
+        a = b.affine(l, row_tasks)
 
         def bn(y: Tensor, name: str) -> Tensor:
-            s, sh = b.affine(f"{l}/{name}", row_tasks)
-            return torch.addcmul(sh, y, s)
+            return self._bn(y, a, l, name)
 
         if isinstance(blk, BasicBlock):
-            out = F.relu(bn(blk.conv1(x), "bn1"))
+            out = F.relu_(bn(blk.conv1(x), "bn1"))
             out = bn(blk.conv2(out), "bn2")
         elif isinstance(blk, Bottleneck):
-            out = F.relu(bn(blk.conv1(x), "bn1"))
-            out = F.relu(bn(blk.conv2(out), "bn2"))
+            out = F.relu_(bn(blk.conv1(x), "bn1"))
+            out = F.relu_(bn(blk.conv2(out), "bn2"))
             out = bn(blk.conv3(out), "bn3")
         else:  # pragma: no cover - Backbone only builds these
             raise TypeError(type(blk).__name__)
         identity = bn(blk.downsample[0](x), "downsample_1") if blk.downsample is not None else x
-        return out + identity  # the residual sum: the node's ReLU comes after the path mix
-
-
-def _by_task(tasks: Sequence[PreparedTask], rows: Sequence[int]) -> list[tuple[list[int], PreparedTask]]:
-    groups: dict[int, tuple[list[int], PreparedTask]] = {}
-    for i in rows:
-        groups.setdefault(tasks[i].uid, ([], tasks[i]))[0].append(i)
-    return list(groups.values())
+        return out.add_(identity)  # the residual sum: the node's ReLU comes after the path mix

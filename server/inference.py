@@ -45,7 +45,8 @@ def parse_task_list(tasks: str, limit: int) -> list[str]:
 def _top_k(logits: Tensor, labels: Sequence[str], k: int) -> list[Label]:
     probs = torch.softmax(logits.float(), dim=0)
     vals, idx = probs.topk(min(k, probs.numel()))
-    return [Label(index=int(i), label=labels[int(i)], prob=float(v)) for v, i in zip(vals, idx)]
+    # Built, not validated: the values are ints, strings and floats by construction (half the cost).
+    return [Label.model_construct(index=i, label=labels[i], prob=v) for v, i in zip(vals.tolist(), idx.tolist())]
 
 
 def _preprocess(img: Image.Image, pre: Preprocess) -> Tensor:
@@ -97,7 +98,8 @@ class Inference:
 
     def _count(self, task_ids: Sequence[str], endpoint: str, outcome: str, known: bool, seconds: float) -> None:
         for tid in task_ids:
-            label = tid if known else "-"  # unknown ids must not grow the label set
+            # Unknown ids must not grow the label set; known ones are capped (Metrics.task_label).
+            label = self.metrics.task_label(tid) if known else "-"
             self.metrics.requests.labels(label, endpoint, outcome).inc()
             if outcome == "ok":
                 self.metrics.latency.labels(label, endpoint).observe(seconds)
@@ -173,11 +175,13 @@ class Inference:
             groups: dict[Preprocess, list[PreparedTask]] = {}
             for lease in leases:
                 groups.setdefault(lease.task.preprocess, []).append(lease.task)
+            # Usually one group: tasks tailored from one backbone share preprocessing.  Every group is one
+            # frame, and all of them join the same micro-batches as single-task requests.
             inputs = [(_preprocess(img, pre), tasks) for pre, tasks in groups.items()]
             t_dec = time.perf_counter()
             results: dict[str, tuple[PreparedTask, RunResult]] = {}
-            for x, tasks in inputs:  # usually one group: tasks tailored from one backbone share preprocessing
-                for t, r in zip(tasks, await self.batcher.run_multi(x, tasks)):
+            for (_, tasks), out in zip(inputs, await self.batcher.run_frames(inputs)):
+                for t, r in zip(tasks, out):
                     results[t.task_id] = (t, r)
             timings = self._timings(t0, t_dec, [r for _, r in results.values()])
             return MultiPrediction(results={

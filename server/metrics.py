@@ -2,9 +2,16 @@
 
 The app's registry also carries the standard ``process_*``, ``python_gc_*`` and ``python_info``
 series: a fresh collector of each is registered into it, as prometheus_client does for its global
-registry, so one process may hold any number of apps."""
+registry, so one process may hold any number of apps.
+
+Per-task series are bounded: the first ``max_task_labels`` task ids seen get their own ``task``
+label value, every later one shares ``other`` (so 1,000 tasks cost at most that many series per
+metric), and a deleted task's series are removed, which frees its slot.
+"""
 
 from __future__ import annotations
+
+import threading
 
 from prometheus_client import (
     CollectorRegistry,
@@ -17,7 +24,39 @@ from prometheus_client import (
     generate_latest,
 )
 
-__all__ = ["Metrics"]
+__all__ = ["OTHER_TASKS", "Metrics", "TaskLabels"]
+
+OTHER_TASKS = "other"  # the shared label value of tasks past the cap
+
+
+class TaskLabels:
+    """Bounded ``task`` label values: the first ``cap`` task ids seen keep their own, later ones share
+    :data:`OTHER_TASKS`; :meth:`forget` frees a slot.  Thread-safe."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self._own: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, task_id: str) -> str:
+        if task_id in self._own:  # the hot path: a set lookup, no lock
+            return task_id
+        with self._lock:
+            if task_id in self._own or len(self._own) < self.cap:
+                self._own.add(task_id)
+                return task_id
+        return OTHER_TASKS
+
+    def forget(self, task_id: str) -> bool:
+        """Whether ``task_id`` had its own label (its series must go)."""
+        with self._lock:
+            if task_id in self._own:
+                self._own.discard(task_id)
+                return True
+            return False
+
+    def __len__(self) -> int:
+        return len(self._own)
 
 _LATENCY = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -32,8 +71,9 @@ def _standard_registry() -> CollectorRegistry:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, *, max_task_labels: int = 100) -> None:
         self.registry = r = registry or _standard_registry()
+        self.task_label = TaskLabels(max_task_labels)
         self.requests = Counter("nettailor_requests", "Inference requests per task and outcome",
                                 ["task", "endpoint", "outcome"], registry=r)
         self.latency = Histogram("nettailor_request_latency_seconds", "Server-side latency of successful "
@@ -74,9 +114,10 @@ class Metrics:
         self.batch_mixed_share.set(self._mixed / self._samples)
 
     def forget_task(self, task_id: str) -> None:
-        """Drop a deleted task's labelled series, so that task ids that come and go do not grow memory."""
-        for metric in (self.requests, self.latency):
-            metric.remove_by_labels({"task": task_id})
+        """Drop a deleted task's per-task series (and free its label slot)."""
+        if self.task_label.forget(task_id):
+            for metric in (self.requests, self.latency):
+                metric.remove_by_labels({"task": task_id})
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

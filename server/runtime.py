@@ -15,6 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import anyio.to_thread
+import torch
 from fastapi import FastAPI
 
 from blockstore import (
@@ -30,7 +31,7 @@ from blockstore.stores import Subscription
 
 from .batching import Batcher
 from .cache import PackCache
-from .executor import Executor
+from .executor import Executor, executor_threads
 from .inference import Inference
 from .metrics import Metrics
 from .settings import Settings
@@ -64,6 +65,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         metrics.integrity_failures.labels("backbone").inc()
         raise
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
+    torch.set_num_threads(executor_threads(settings.torch_threads))
     batcher = Batcher(Executor(backbone), max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics)
     aliases = AliasTable(store)

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
                                                 "request ids and a structured access log ('nettailor serve')")
     drain_s: float = Field(5.0, ge=0, description="on SIGTERM, seconds to keep serving with /readyz at 503 before "
                            "closing the listener; in-flight requests then finish ('nettailor serve')")
+    metrics_max_tasks: int = Field(100, ge=0, description="tasks with their own per-task metric series; later "
+                                   "ones share the label 'other'")
+    torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the executor; 0: one per core "
+                               "but one, left to the event loop (at least 1)")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""

@@ -7,7 +7,9 @@ import logging
 import time
 from typing import Annotated
 
+import pydantic_core
 from fastapi import APIRouter, Header, Query, Request, Response
+from pydantic import BaseModel
 
 from blockstore import ALIAS_PATTERN, NetTailorError, validate_task_id
 
@@ -24,6 +26,13 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["inference"])
 
 _BINARY = {"type": "string", "format": "binary"}
+
+
+def _json(model: BaseModel) -> Response:
+    """The body straight from pydantic-core's serializer.  The core built the model, so FastAPI's
+    response_model pass (validate again, dump, encode with the stdlib) is skipped: 80 us against 7 us
+    per response on the 2-core machine.  response_model still documents the schema."""
+    return Response(pydantic_core.to_json(model), media_type="application/json")
 
 
 def _image_body(field: str, many: bool) -> dict:
@@ -71,27 +80,27 @@ def _hint(inference, next_task: str | None) -> None:  # type: ignore[no-untyped-
              openapi_extra=_image_body("file", many=False), summary="Classify one image with one task")
 async def predict(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
                   top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
-                  alias: Alias = None) -> Prediction:
+                  alias: Alias = None) -> Response:
     t0 = time.perf_counter()
     _hint(inference, next_task)
     validate_task_id(task_id)
     pin = Pin(version, alias)
     (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict(task_id, blob, top_k, t0, pin)
+    return _json(await inference.predict(task_id, blob, top_k, t0, pin))
 
 
 @router.post("/tasks/{task_id}/predict_batch", response_model=BatchPrediction, responses=_ERRORS,
              openapi_extra=_image_body("files", many=True), summary="Classify several images with one task")
 async def predict_batch(task_id: TaskId, request: Request, inference: InferenceDep, settings: SettingsDep,
                         top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
-                        alias: Alias = None) -> BatchPrediction:
+                        alias: Alias = None) -> Response:
     t0 = time.perf_counter()
     _hint(inference, next_task)
     validate_task_id(task_id)
     pin = Pin(version, alias)
     blobs = await read_images(request, field="files", max_files=settings.max_batch,
                               max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict_batch(task_id, blobs, top_k, t0, pin)
+    return _json(await inference.predict_batch(task_id, blobs, top_k, t0, pin))
 
 
 @router.post("/predict", response_model=MultiPrediction, responses=_ERRORS,
@@ -99,12 +108,12 @@ async def predict_batch(task_id: TaskId, request: Request, inference: InferenceD
 async def predict_multi(request: Request, inference: InferenceDep, settings: SettingsDep,
                         tasks: Annotated[str, Query(description="comma-separated task ids")],
                         top_k: TopK = 5, next_task: NextTask = None, version: Version = None,
-                        alias: Alias = None) -> MultiPrediction:
+                        alias: Alias = None) -> Response:
     t0 = time.perf_counter()
     _hint(inference, next_task)
     pin = Pin(version, alias)  # the same version (or alias) of every task named
     (blob,) = await read_images(request, field="file", max_files=1, max_file_bytes=settings.max_upload_bytes)
-    return await inference.predict_multi(tasks, blob, top_k, t0, pin)
+    return _json(await inference.predict_multi(tasks, blob, top_k, t0, pin))
 
 
 @router.post("/tasks/{task_id}/prefetch", status_code=204, response_class=Response,

@@ -24,9 +24,9 @@ class _Recording(Executor):
         super().__init__(backbone)
         self.calls: list[list[str]] = []
 
-    def run(self, items):  # type: ignore[no-untyped-def]
-        self.calls.append([t.task_id for t, _ in items])
-        return super().run(items)
+    def run_frames(self, frames):  # type: ignore[no-untyped-def]
+        self.calls.append([t.task_id for _, ts in frames for t in ts])
+        return super().run_frames(frames)
 
 
 @pytest.fixture
@@ -80,10 +80,10 @@ def test_max_batch_and_queue_bound(backbone, prepared) -> None:
 
 def test_a_failing_sample_fails_alone(backbone, prepared) -> None:
     class Picky(Executor):
-        def run(self, items):  # type: ignore[no-untyped-def]
-            if any(x.shape[-1] == 7 for _, x in items):
+        def run_frames(self, frames):  # type: ignore[no-untyped-def]
+            if any(x.shape[-1] == 7 for x, _ in frames):
                 raise RuntimeError("boom")
-            return super().run(items)
+            return super().run_frames(frames)
 
     batcher = Batcher(Picky(backbone), max_batch=8, window_s=0.05, max_queue=16)
 
@@ -126,3 +126,37 @@ def test_interleaved_requests_get_their_own_tasks_logits(client, store, make_pac
             got[lab["index"]] = lab["prob"]
         assert torch.allclose(got, ref, atol=1e-5), (t, i)
     assert "nettailor_batch_mixed_samples_total" in client.get("/metrics").text
+
+
+def test_multi_task_frames_and_single_samples_share_one_batch(backbone, packs, prepared) -> None:
+    """Multi-task frames and single-task samples that arrive together run in ONE executor call: the
+    stem convolves each frame once, and every answer equals its task run alone."""
+    refs = {p.task_id: reference_net(p, backbone) for p in packs}
+    ex = _Recording(backbone)
+    xs = [torch.randn(3, 32, 32) for _ in range(3)]
+    requests = [(xs[0], prepared), (xs[1], prepared[:1]), (xs[2], prepared[1:]), (xs[1], prepared[2:])]
+    rows = sum(len(ts) for _, ts in requests)
+    # The batch closes as soon as it holds every row: the long window only guards a slow machine.
+    batcher = Batcher(ex, max_batch=rows, window_s=5.0, max_queue=64)
+    stem_rows: list[int] = []
+    hook = backbone.net.conv1.register_forward_hook(lambda _m, _i, o: stem_rows.append(o.shape[0]))
+
+    async def go():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(batcher.run_multi(requests[0][0], requests[0][1]),
+                                    batcher.run([(prepared[0], xs[1])]),
+                                    batcher.run_multi(requests[2][0], requests[2][1]),
+                                    batcher.run([(prepared[2], xs[1])]))
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        hook.remove()
+        batcher.close()
+    assert len(ex.calls) == 1 and len(ex.calls[0]) == rows
+    assert stem_rows == [len(requests)]
+    for (x, tasks), results in zip(requests, out):
+        assert len(results) == len(tasks)
+        for task, res in zip(tasks, results):
+            with torch.inference_mode():
+                ref = refs[task.task_id](x[None])[0]
+            assert res.batch_size == rows and torch.allclose(res.logits, ref, atol=1e-4)

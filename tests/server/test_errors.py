@@ -171,14 +171,14 @@ def test_queue_full_is_503_with_retry_after(serve, task) -> None:
     with serve(max_queue=1, max_batch=1) as c:
         batcher = c.app.state.batcher
         entered, release = threading.Event(), threading.Event()
-        real = batcher.executor.run
+        real = batcher.executor.run_frames
 
-        def slow(items):  # type: ignore[no-untyped-def]
+        def slow(frames):  # type: ignore[no-untyped-def]
             entered.set()
             release.wait(10)
-            return real(items)
+            return real(frames)
 
-        batcher.executor.run = slow
+        batcher.executor.run_frames = slow
         results: list = []
         threads = [threading.Thread(target=lambda: results.append(c.post("/v1/tasks/t1/predict",
                                                                          content=image_bytes())))]
