@@ -75,6 +75,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gamma2", type=float, default=10.0, help="weight of the distillation Omega (default 10)")
     p.set_defaults(func=_finetune)
 
+    _register_tailor(sub)
+
+    p = sub.add_parser("publish", help="register a pack with a store (Redis URL or directory)")
+    p.add_argument("pack", type=Path, help="the .pack file")
+    p.add_argument("--store", default=None, help="store URL or directory (default NETTAILOR_STORE or .nettailor/store)")
+    p.add_argument("--backbone-file", type=Path, default=None, help="also upload this backbone .safetensors")
+    p.set_defaults(func=_publish)
+
+    p = sub.add_parser("inspect", help="print a pack's plan, parameters, FLOPs and metrics")
+    p.add_argument("pack", type=Path, help="the .pack file")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--store", default=None, help="store holding the pack's backbone, for alphas and exact cost "
+                                                 "(default NETTAILOR_STORE or .nettailor/store)")
+    p.add_argument("--backbone-file", type=Path, default=None, help="the pack's backbone .safetensors")
+    p.set_defaults(func=_inspect)
+
+    from .evaluate import register as register_evaluate
+
+    register_evaluate(sub)
+
+
+def _register_tailor(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("tailor", help="teacher -> student -> sweep of n -> fine-tune -> select, ending in a pack")
     _stage_common(p)
     add_train_args(p, "teacher", lr=0.01, title="teacher", shared=False,
@@ -95,24 +117,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--report-dir", type=Path, default=None, help="report JSON and PNGs (default runs/TASK)")
     g.add_argument("--publish", action="store_true", help="register the pack with --store when done")
     p.set_defaults(func=_tailor)
-
-    p = sub.add_parser("publish", help="register a pack with a store (Redis URL or directory)")
-    p.add_argument("pack", type=Path, help="the .pack file")
-    p.add_argument("--store", default=None, help="store URL or directory (default NETTAILOR_STORE or .nettailor/store)")
-    p.add_argument("--backbone-file", type=Path, default=None, help="also upload this backbone .safetensors")
-    p.set_defaults(func=_publish)
-
-    p = sub.add_parser("inspect", help="print a pack's plan, parameters, FLOPs and metrics")
-    p.add_argument("pack", type=Path, help="the .pack file")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--store", default=None, help="store holding the pack's backbone, for alphas and exact cost "
-                                                 "(default NETTAILOR_STORE or .nettailor/store)")
-    p.add_argument("--backbone-file", type=Path, default=None, help="the pack's backbone .safetensors")
-    p.set_defaults(func=_inspect)
-
-    from .evaluate import register as register_evaluate
-
-    register_evaluate(sub)
 
 
 def _stage_common(p: argparse.ArgumentParser) -> None:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 
 from ..errors import StoreConfigError
-from .base import ALIAS_EVENTS, AliasChange, Store, StoreEvent, Subscription, TaskRecord, VersionRecord
+from .base import Store, Subscription
 from .dirstore import DirStore
 from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport
+from .records import ALIAS_EVENTS, AliasChange, StoreEvent, TaskRecord, VersionRecord
 from .redisstore import RedisStore
 
 __all__ = [

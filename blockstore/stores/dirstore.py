@@ -39,8 +39,9 @@ from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
-from .base import Store, StoreEvent, Subscription, TaskRecord, next_record, pruned, rolled_back, sha256_hex
+from .base import Store, Subscription, sha256_hex
 from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport, digests_in
+from .records import StoreEvent, TaskRecord, next_record, pruned, rolled_back
 
 __all__ = ["DirStore"]
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .base import VersionRecord
+    from .records import VersionRecord
 
 __all__ = ["DEFAULT_KEEP_VERSIONS", "GcReport", "digests_in", "retained"]
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import random
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -49,59 +48,17 @@ from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
 from ..pack import PackInfo
 from ..taskid import validate_task_id
-from .base import Store, StoreEvent, Subscription, TaskRecord, next_record, pruned, rolled_back, sha256_hex
+from .base import Store, Subscription, sha256_hex
 from .lifecycle import DEFAULT_KEEP_VERSIONS, GcReport
+from .records import StoreEvent, TaskRecord, next_record, pruned, rolled_back
+from .redis_events import PubSubSubscription
+from .redis_lua import SWEEP
 
 __all__ = ["RedisStore"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-# Mark and sweep in one atomic step.  ARGV: prefix, "1" for a dry run, then the candidate digests
-# (none: every digest in <prefix>packs).  Marks every 64-hex string in any field of any task hash.
-# Returns {tasks, kept, digest1, size1, digest2, size2, ...} for the packs it deleted.
-_SWEEP = """
-local prefix, dry = ARGV[1], ARGV[2] == "1"
-local marked, ntasks = {}, 0
-for _, tid in ipairs(redis.call("SMEMBERS", prefix .. "tasks")) do
-  ntasks = ntasks + 1
-  local ok, vals = pcall(redis.call, "HVALS", prefix .. "task:" .. tid)
-  if ok then
-    for _, v in ipairs(vals) do
-      for m in string.gmatch(v, "%x+") do
-        if #m == 64 then marked[string.lower(m)] = true end
-      end
-    end
-  end
-end
-local pool = {}
-if #ARGV > 2 then
-  for i = 3, #ARGV do pool[#pool + 1] = ARGV[i] end
-else
-  pool = redis.call("SMEMBERS", prefix .. "packs")
-end
-local out, kept = {}, redis.call("SCARD", prefix .. "packs")
-for _, sha in ipairs(pool) do
-  local key = prefix .. "pack:" .. sha
-  if not marked[sha] and redis.call("EXISTS", key) == 1 then
-    local ok, size = pcall(redis.call, "STRLEN", key)
-    out[#out + 1] = sha
-    out[#out + 1] = ok and size or 0
-    kept = kept - 1
-    if not dry then
-      redis.call("DEL", key)
-      redis.call("SREM", prefix .. "packs", sha)
-      redis.call("HDEL", prefix .. "corrupt", sha)
-    end
-  elseif not dry and redis.call("EXISTS", key) == 0 then
-    redis.call("SREM", prefix .. "packs", sha)
-    redis.call("HDEL", prefix .. "corrupt", sha)
-  end
-end
-table.insert(out, 1, kept)
-table.insert(out, 1, ntasks)
-return out
-"""
 
 
 class RedisStore(Store):
@@ -121,7 +78,7 @@ class RedisStore(Store):
         # with redis-py's default backoff, would stall every call for seconds during an outage.
         self._client = redis.Redis.from_url(clean, socket_timeout=socket_timeout,
                                             socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1))
-        self._sweep_script = self._client.register_script(_SWEEP)
+        self._sweep_script = self._client.register_script(SWEEP)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -411,41 +368,4 @@ class RedisStore(Store):
     # -- events ----------------------------------------------------------------------------
 
     def subscribe(self, callback: Callable[[StoreEvent], None]) -> Subscription:
-        return _PubSubSubscription(self, callback)
-
-
-class _PubSubSubscription(Subscription):
-    """Listens on the events channel; after a lost connection it reconnects and sends a ``resync``
-    event, since events published meanwhile are gone and caches must not trust what they hold."""
-
-    def __init__(self, store: RedisStore, callback: Callable[[StoreEvent], None]) -> None:
-        super().__init__(callback, "redis-events")
-        self._store = store
-        self._ready = threading.Event()
-        self._thread.start()
-        self._ready.wait(timeout=5)
-
-    def _run(self) -> None:
-        lost = False
-        while not self._stop.is_set():
-            try:
-                ps = self._store._client.pubsub(ignore_subscribe_messages=True)
-                ps.subscribe(self._store.events_channel)
-                self._ready.set()
-                if lost:
-                    self._deliver(StoreEvent("resync", "*"))
-                    lost = False
-                while not self._stop.is_set():
-                    msg = ps.get_message(timeout=0.5)
-                    if msg and msg.get("type") == "message":
-                        try:
-                            self._deliver(StoreEvent(**json.loads(msg["data"])))
-                        except (ValueError, TypeError):
-                            log.warning("ignoring malformed event %r", msg["data"])
-                ps.close()
-            except RedisError as e:
-                if not lost:
-                    log.warning("lost the redis event stream (%s); reconnecting", e)
-                lost = True
-                self._ready.set()
-                self._stop.wait(1.0)
+        return PubSubSubscription(self, callback)

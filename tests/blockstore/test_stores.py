@@ -26,7 +26,7 @@ from blockstore import (
     load_resident,
     open_store,
 )
-from blockstore.stores.base import ALIAS_LOG_LIMIT
+from blockstore.stores.records import ALIAS_LOG_LIMIT
 
 
 @pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
