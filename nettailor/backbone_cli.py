@@ -73,21 +73,13 @@ def parse_normalization(text: str):  # type: ignore[no-untyped-def]
 
 
 def _import(args: argparse.Namespace) -> int:
-    from blockstore import import_backbone, open_store
+    from blockstore import import_backbone
+    from blockstore.stores import save_backbone
 
     bb = import_backbone(args.source, arch=args.arch, stem=args.stem, size=args.size,
                          normalization=parse_normalization(args.normalization), download=not args.no_download)
     blob = bb.to_bytes()
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(blob)
-    store = open_store(args.store)
-    try:
-        bid = store.put_backbone(blob, make_default=args.default)
-        is_default = store.default_backbone_id() == bid
-        url = store.url
-    finally:
-        store.close()
+    bid, is_default, url = save_backbone(blob, args.store, make_default=args.default, out=args.out)
     summary = {"backbone_id": bid, "arch": bb.config.arch, "stem": bb.config.stem, "size": bb.config.input_size,
                "source": bb.source, "normalization": bb.normalization, "default": is_default, "store": url,
                "bytes": len(blob), "file": str(args.out) if args.out else None}

@@ -188,7 +188,7 @@ def _brief(metrics: dict) -> dict:
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    from blockstore import open_store
+    from blockstore.stores import save_backbone
 
     from .data import load_task
     from .pretrain import PretrainConfig, pretrain
@@ -201,15 +201,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     bb, metrics = pretrain(data, config, ckpt)
     if not is_main():  # under torchrun, rank 0 stores the backbone
         return 0
-    blob = bb.to_bytes()
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_bytes(blob)
-    store = open_store(args.store)
-    try:
-        bid = store.put_backbone(blob, make_default=not args.no_default)
-    finally:
-        store.close()
+    bid, _, _ = save_backbone(bb.to_bytes(), args.store, make_default=not args.no_default, out=args.out)
     ckpt.unlink(missing_ok=True)
     _print({"backbone_id": bid, "store": args.store or "default", "file": args.out, **_brief(metrics)})
     return 0

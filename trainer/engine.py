@@ -18,7 +18,6 @@ Batches come from a :class:`torch.utils.data.DataLoader` whose batch sampler is 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -336,12 +335,3 @@ def _check(model: nn.Module, st: _State, check: dict, config: TrainConfig, valid
     else:
         st.bad_checks += 1
     return config.patience is not None and st.bad_checks >= config.patience and _settled(st.checks, plateau_tol)
-
-
-def copy_config(config: TrainConfig, **changes: object) -> TrainConfig:
-    """``config`` with ``changes`` (a typed ``dataclasses.replace`` that keeps the subclass)."""
-    new = copy.copy(config)
-    for k, v in changes.items():
-        object.__setattr__(new, k, v)
-    new.__post_init__()
-    return new

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from ..errors import StoreConfigError
 from .base import Store, Subscription
@@ -25,6 +26,7 @@ __all__ = [
     "TaskRecord",
     "VersionRecord",
     "open_store",
+    "save_backbone",
 ]
 
 DEFAULT_STORE = ".nettailor/store"
@@ -45,3 +47,18 @@ def open_store(url: str | None = None, *, keep_versions: int | None = None) -> S
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisStore(url, keep_versions=keep_versions)
     return DirStore(url, keep_versions=keep_versions)
+
+
+def save_backbone(blob: bytes, store_url: str | None, *, make_default: bool,
+                  out: Path | None = None) -> tuple[str, bool, str]:
+    """Write backbone ``blob`` to ``out`` (when given) and into the store at ``store_url``.
+    Returns its id, whether it is now the store's default, and the store's URL."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(blob)
+    store = open_store(store_url)
+    try:
+        bid = store.put_backbone(blob, make_default=make_default)
+        return bid, store.default_backbone_id() == bid, store.url
+    finally:
+        store.close()
