@@ -33,6 +33,7 @@ from .batching import Batcher
 from .cache import PackCache
 from .executor import Executor, executor_threads
 from .inference import Inference
+from .memory import trim_heap
 from .metrics import Metrics
 from .settings import Settings
 from .tasks import TaskManager
@@ -41,6 +42,8 @@ from .versions import AliasTable
 __all__ = ["Runtime", "keep_trying", "start"]
 
 log = logging.getLogger(__name__)
+
+_PACK_GONE = ("delete", "update", "rollback")
 
 
 @dataclass
@@ -77,6 +80,8 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         if ev.kind == "delete":  # what this replica remembers of the task goes with it
             tasks.forget(ev.task_id)
             metrics.forget_task(ev.task_id)
+        if ev.kind in _PACK_GONE:  # a pack's buffers were freed: give their pages back (server.memory)
+            trim_heap()
 
     try:
         subscription = store.subscribe(on_event)

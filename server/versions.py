@@ -63,23 +63,33 @@ class AliasTable:
         self.store = store
         self._lock = threading.Lock()
         self._tables: dict[str, dict[str, int]] = {}
-        self._gen: dict[str, int] = {}
+        # Reads in flight per task, and the tasks an event hit during one: those reads must not be
+        # cached.  Both hold only tasks being read right now, so nothing grows with the ids ever seen.
+        self._readers: dict[str, int] = {}
+        self._raced: set[str] = set()
         self._epoch = 0  # bumped by a resync: every table read before it is stale
-
-    def _stamp(self, task_id: str) -> tuple[int, int]:
-        return self._epoch, self._gen.get(task_id, 0)
 
     async def resolve(self, task_id: str, alias: str) -> int:
         """The version ``alias`` points at; AliasNotFound (404) lists the task's aliases."""
         with self._lock:
             table = self._tables.get(task_id)
-            stamp = self._stamp(task_id)
+            if table is None:
+                epoch = self._epoch
+                self._readers[task_id] = self._readers.get(task_id, 0) + 1
         if table is None:
-            rec = await anyio.to_thread.run_sync(self.store.get_record, task_id)
-            table = dict(rec.aliases)
-            with self._lock:
-                if self._stamp(task_id) == stamp:  # no event raced the read
-                    self._tables[task_id] = table
+            try:
+                rec = await anyio.to_thread.run_sync(self.store.get_record, task_id)
+                table = dict(rec.aliases)
+            finally:
+                with self._lock:
+                    fresh = task_id not in self._raced and epoch == self._epoch  # no event raced the read
+                    left = self._readers.pop(task_id) - 1
+                    if left:
+                        self._readers[task_id] = left
+                    else:
+                        self._raced.discard(task_id)
+                    if fresh and table is not None:
+                        self._tables[task_id] = table
         try:
             return table[alias]
         except KeyError:
@@ -87,8 +97,9 @@ class AliasTable:
 
     def forget(self, task_id: str) -> None:
         with self._lock:
-            self._gen[task_id] = self._gen.get(task_id, 0) + 1
             self._tables.pop(task_id, None)
+            if task_id in self._readers:
+                self._raced.add(task_id)
 
     def on_event(self, ev: StoreEvent) -> None:
         """Store subscription callback: any change to a task may have moved or removed its aliases."""

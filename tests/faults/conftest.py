@@ -101,11 +101,13 @@ class Replica:
     proc: subprocess.Popen
     log: Path
 
-    def rss_bytes(self) -> int:
+    def rss_bytes(self, kind: str = "VmRSS") -> int:
+        """Resident memory from /proc: ``VmRSS`` (all), ``RssAnon`` (heap and other private memory) or
+        ``RssFile`` (pages of mapped files: the libraries' code, faulted in as new code paths run)."""
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{kind}:"):
                 return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        raise AssertionError(f"no {kind}")
 
     def kill(self) -> None:
         if self.proc.poll() is None:

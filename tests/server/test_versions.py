@@ -103,3 +103,44 @@ def _pinned_entries_follow(client, store, make_pack) -> None:  # type: ignore[no
     store.register("digits", make_pack("digits", seed=9).to_bytes())  # a new task 'digits' restarts at 1
     r = client.post("/v1/tasks/digits/predict?version=2", content=img)
     assert r.status_code == 404 and "[1]" in r.json()["detail"]
+
+
+def test_the_alias_table_keeps_nothing_for_deleted_tasks_and_drops_a_raced_read(store, make_pack) -> None:
+    """An event during a read keeps the read out of the table; with no read in flight, an event for a
+    task leaves no trace (the table once kept a counter per task id ever seen)."""
+    import asyncio
+    import threading
+
+    from blockstore import StoreEvent
+    from server.versions import AliasTable
+
+    store.register("digits", make_pack("digits").to_bytes())
+    store.set_alias("digits", "prod", 1)
+    table = AliasTable(store)
+    started, release = threading.Event(), threading.Event()
+    real = store.get_record
+
+    def slow_get_record(task_id):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(10)
+        return real(task_id)
+
+    async def raced() -> int:
+        store.get_record = slow_get_record  # type: ignore[method-assign]
+        read = asyncio.ensure_future(table.resolve("digits", "prod"))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        table.on_event(StoreEvent("alias", "digits", alias="prod"))  # the alias moved during the read
+        release.set()
+        version = await read
+        store.get_record = real  # type: ignore[method-assign]
+        return version
+
+    assert asyncio.run(raced()) == 1
+    assert table._tables == {} and table._readers == {} and table._raced == set()  # not cached: it raced
+    assert asyncio.run(table.resolve("digits", "prod")) == 1
+    assert table._tables == {"digits": {"prod": 1}}
+    for i in range(1000):  # events for task ids nobody reads
+        table.on_event(StoreEvent("delete", f"gone-{i}"))
+    table.on_event(StoreEvent("delete", "digits"))
+    assert table._tables == {} and table._readers == {} and table._raced == set()
