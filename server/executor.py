@@ -31,9 +31,10 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from blockstore import Backbone
 
 from . import kernels
+from .denseconv import DenseConvs
 from .prepared import PreparedTask, bn_layout, shared_affines
 
-__all__ = ["Executor", "PreparedTask", "executor_threads"]
+__all__ = ["Executor", "PreparedTask", "executor_parallelism"]
 
 Frame = tuple[Tensor, Sequence[PreparedTask]]  # one image [3, H, W] and the tasks that read it
 _Run = tuple[PreparedTask, int, int]  # a task and its rows [start, stop)
@@ -140,13 +141,20 @@ class _Batch:
         return torch.stack(uniq).index_select(0, self.index(idx))
 
 
-def executor_threads(setting: int = 0) -> int:
-    """Torch intra-op threads for a serving process: ``setting``, or one per core but one (at least one).
+def executor_parallelism(device: torch.device, workers: int = 0, threads: int = 0) -> tuple[int, int]:
+    """Executor worker threads and torch intra-op threads for a serving process; 0 picks the default.
 
-    The event loop (HTTP, decoding, responses) needs a core of its own: on 2 cores, two torch threads
-    and the loop oversubscribe the machine, and OpenMP's spinning threads then steal the loop's core
-    (bench/serve_bench.py --server-env NETTAILOR_TORCH_THREADS=2 measures the alternative)."""
-    return setting or max(1, (os.cpu_count() or 1) - 1)
+    On the CPU: one worker per core, each with one intra-op thread.  A mixed batch is many small
+    operators, which two intra-op threads split in two and join after each (bench/serve_bench.py);
+    two workers run two batches side by side instead, each operator releasing the GIL, while the
+    event loop's share (HTTP, decoding, responses: about a sixth of the busy time at saturation,
+    ``serve_bench.py --profile``) fits between them.  On a GPU: one worker, and the intra-op
+    threads one per core but one, for the little work left on the CPU."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu":
+        workers = workers or cores
+        return workers, threads or max(1, cores // workers)
+    return workers or 1, threads or max(1, cores - 1)
 
 
 class Executor:
@@ -169,6 +177,7 @@ class Executor:
             raise ValueError(f"kernel must be one of {kernels.KERNELS}, not {self.kernel!r}")
         with torch.inference_mode():
             self.shared = shared_affines(backbone)
+        self.conv = DenseConvs()  # the blocks' convolutions; tiny maps as one matrix product
 
     # -- public --------------------------------------------------------------------------
 
@@ -315,14 +324,15 @@ class Executor:
         def bn(y: Tensor, name: str) -> Tensor:
             return self._bn(y, a, l, name)
 
+        conv = self.conv
         if isinstance(blk, BasicBlock):
-            out = F.relu_(bn(blk.conv1(x), "bn1"))
-            out = bn(blk.conv2(out), "bn2")
+            out = F.relu_(bn(conv(blk.conv1, x), "bn1"))
+            out = bn(conv(blk.conv2, out), "bn2")
         elif isinstance(blk, Bottleneck):
-            out = F.relu_(bn(blk.conv1(x), "bn1"))
-            out = F.relu_(bn(blk.conv2(out), "bn2"))
-            out = bn(blk.conv3(out), "bn3")
+            out = F.relu_(bn(conv(blk.conv1, x), "bn1"))
+            out = F.relu_(bn(conv(blk.conv2, out), "bn2"))
+            out = bn(conv(blk.conv3, out), "bn3")
         else:  # pragma: no cover - Backbone only builds these
             raise TypeError(type(blk).__name__)
-        identity = bn(blk.downsample[0](x), "downsample_1") if blk.downsample is not None else x
+        identity = bn(conv(blk.downsample[0], x), "downsample_1") if blk.downsample is not None else x
         return out.add_(identity)  # the residual sum: the node's ReLU comes after the path mix
