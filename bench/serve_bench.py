@@ -89,19 +89,49 @@ async def _point(port: int, tasks: list[str], dist: str, conc: int, seconds: flo
     conns = [Conn("127.0.0.1", port) for _ in range(conc)]
     paths = [f"/v1/tasks/{t}/predict" for t in tasks]
 
+    phases: dict[str, float] = {}
+    answered = 0
+
     async def one(k: int, rng: random.Random) -> bool:
+        nonlocal answered
         path = rng.choices(paths, cum_weights=cum)[0]
-        status, _ = await conns[k].post(path, frames[rng.randrange(len(frames))])
+        status, body = await conns[k].post(path, frames[rng.randrange(len(frames))])
+        if status == 200:
+            answered += 1
+            for name, ms in json.loads(body)["timings_ms"].items():
+                phases[name] = phases.get(name, 0.0) + ms
         return status == 200
 
-    s0, c0 = proc_stats(pid), time.process_time()
+    s0, c0, t0 = proc_stats(pid), time.process_time(), _thread_cpu(pid)
     load = await closed_loop(conc, seconds, one, seed)
-    s1, c1 = proc_stats(pid), time.process_time()
+    s1, c1, t1 = proc_stats(pid), time.process_time(), _thread_cpu(pid)
+    busiest = sorted(((t1[k] - t0.get(k, 0.0)) / load.wall_s for k in t1), reverse=True)[:4]
     for c in conns:
         await c.close()
+    # Where a request's time goes, from the server's own timings: decode (and preprocessing), waiting
+    # for the executor, the executor call; "outside" is the client's latency less the server's total
+    # (HTTP parsing, the event loop's queue, the response), the mean over all answered requests.
+    mean = {f"{name}_ms": v / max(1, answered) for name, v in phases.items()}
+    lat = summarise_latencies(load.latencies)
+    if "total_ms" in mean and load.latencies:
+        mean["outside_ms"] = 1000.0 * sum(load.latencies) / len(load.latencies) - mean["total_ms"]
     return {"requests": load.requests, "errors": load.errors, "throughput_rps": load.requests / load.wall_s,
-            **summarise_latencies(load.latencies), "server_cores": (s1.cpu_s - s0.cpu_s) / load.wall_s,
-            "loadgen_cores": (c1 - c0) / load.wall_s, "rss_mb": s1.rss_mb}
+            **lat, "server_cores": (s1.cpu_s - s0.cpu_s) / load.wall_s,
+            "loadgen_cores": (c1 - c0) / load.wall_s, "rss_mb": s1.rss_mb, "server_phases_ms": mean,
+            "server_thread_cores": busiest}
+
+
+def _thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds of each of the server's threads (/proc), to tell the event loop from the executor."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], dist: str, c: int,
@@ -135,9 +165,13 @@ def _profile(pid: int, args: argparse.Namespace) -> subprocess.Popen:
     """py-spy over the server for the measured seconds (all threads, native frames off)."""
     out = Path(args.out).with_name("serve_profile")
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy") or "py-spy"
-    return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration",
-                             str(int(args.seconds)), "--rate", "200", "--format", "raw", "--output",
-                             str(out.with_suffix(".txt"))], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # --nonblocking: py-spy reads the stacks without pausing the server (a blocking 200 Hz record
+    # cut the served rate to a fifth); its own messages go to serve_profile.log.
+    with open(out.with_suffix(".log"), "wb") as log:
+        return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
+                                 "--rate", "100", "--nonblocking", *(["--gil"] if args.profile_gil else []),
+                                 "--format", "raw", "--output",
+                                 str(out.with_suffix(".txt"))], stdout=log, stderr=subprocess.STDOUT)
 
 
 _PHASES = (  # first match wins, checked from the innermost frame outwards
@@ -214,6 +248,8 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE",
                     help="extra environment for the server (repeatable), e.g. NETTAILOR_TORCH_THREADS=1")
     ap.add_argument("--profile", action="store_true", help="record the server with py-spy at every point")
+    ap.add_argument("--profile-gil", action="store_true", help="with --profile: only samples of the thread "
+                    "holding the GIL (their count against rate x seconds is the GIL's busy share)")
     ap.add_argument("--quick", action="store_true", help="N in {1,20,1000}, C=32, zipf, 4 s per point")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_bench.json"), help="JSON output path")
     args = ap.parse_args()

@@ -1,12 +1,16 @@
 """Dynamic micro-batching in front of the executor.
 
 Requests put *frames* on one bounded queue: an image and the tasks that read it (one task for a
-single-task request, several for ``?tasks=a,b,c``).  ONE dedicated worker thread takes the oldest
-frame, waits up to ``window`` (counted from that frame's arrival) for up to ``max_batch`` rows (one
-row per frame and task), and hands every frame it took, whatever its tasks, to
-:meth:`Executor.run_frames` in one call: single-task samples and multi-task frames share every
-universal block they keep, and a multi-task frame's stem and shared frozen-BN prefixes still run once.
-Results go back to each request's future on its event loop, one loop wake-up per batch.
+single-task request, several for ``?tasks=a,b,c``).  A worker thread takes the oldest frame, waits
+up to ``window`` (counted from that frame's arrival) for up to ``max_batch`` rows (one row per frame
+and task), and hands every frame it took, whatever its tasks, to :meth:`Executor.run_frames` in one
+call: single-task samples and multi-task frames share every universal block they keep, and a
+multi-task frame's stem and shared frozen-BN prefixes still run once.  Results go back to each
+request's future on its event loop, one loop wake-up per batch.
+
+``workers`` threads may do this side by side (inter-op parallelism): while one runs a batch, the
+next fills and runs on another core; one worker forms a batch at a time.  The default is one
+(:func:`server.executor.executor_parallelism` says why).
 
 A full queue answers :class:`Overloaded` at once (with a Retry-After estimated from the recent cost
 per row) instead of queueing without bound.  A batch that fails is retried one frame at a time, so
@@ -61,17 +65,22 @@ class _Job:
 
 class Batcher:
     def __init__(self, executor: Executor, *, max_batch: int = 32, window_s: float = 0.002,
-                 max_queue: int = 256, metrics: Metrics | None = None) -> None:
+                 max_queue: int = 256, metrics: Metrics | None = None, workers: int = 1) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, not {workers}")
         self.executor = executor
         self.max_batch, self.window_s, self.max_queue = max_batch, window_s, max_queue
         self.metrics = metrics or Metrics()
         self._cond = threading.Condition()
+        self._collecting = threading.Lock()  # one worker forms a batch at a time; they run side by side
         self._queue: deque[_Job] = deque()
         self._depth = 0  # rows queued, not yet taken by the worker
         self._stop = False
         self._per_row_s = 0.005  # running estimate, for Retry-After
-        self._thread = threading.Thread(target=self._work, name="nettailor-executor", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._work, name=f"nettailor-executor-{k}", daemon=True)
+                         for k in range(workers)]
+        for t in self._threads:
+            t.start()
 
     # -- submission (event loop) -------------------------------------------------------------
 
@@ -137,7 +146,8 @@ class Batcher:
 
     def _work(self) -> None:
         while True:
-            batch = self._take()
+            with self._collecting:
+                batch = self._take()
             if batch is None:
                 return
             try:
@@ -192,7 +202,9 @@ class Batcher:
         with self._cond:
             self._stop = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
             left, self._queue = list(self._queue), deque()
         self._settle_all([(job, None, Overloaded("the server is shutting down")) for job in left])

@@ -142,18 +142,16 @@ class _Batch:
 
 
 def executor_parallelism(device: torch.device, workers: int = 0, threads: int = 0) -> tuple[int, int]:
-    """Executor worker threads and torch intra-op threads for a serving process; 0 picks the default.
+    """Executor worker threads and torch intra-op threads for a serving process; 0 picks the default:
+    one worker, and one intra-op thread per core but one (at least one).
 
-    On the CPU: one worker per core, each with one intra-op thread.  A mixed batch is many small
-    operators, which two intra-op threads split in two and join after each (bench/serve_bench.py);
-    two workers run two batches side by side instead, each operator releasing the GIL, while the
-    event loop's share (HTTP, decoding, responses: about a sixth of the busy time at saturation,
-    ``serve_bench.py --profile``) fits between them.  On a GPU: one worker, and the intra-op
-    threads one per core but one, for the little work left on the CPU."""
+    The event loop (HTTP, decoding, responses) needs a core of its own.  More workers were measured
+    and not made the default: on the 2-core machine two workers (one intra-op thread each) served
+    the same rate as one at C = 32, with batches half as large (bench/serve_bench.py
+    --server-env NETTAILOR_EXECUTOR_WORKERS=2), although two threads running the executor in one
+    process with no HTTP reach 1.7x one thread.  In the server every thread waits on the GIL: at
+    saturation the event loop and the executor thread each used about half a core."""
     cores = os.cpu_count() or 1
-    if device.type == "cpu":
-        workers = workers or cores
-        return workers, threads or max(1, cores // workers)
     return workers or 1, threads or max(1, cores - 1)
 
 

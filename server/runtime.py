@@ -31,7 +31,7 @@ from blockstore.stores import Subscription
 
 from .batching import Batcher
 from .cache import PackCache
-from .executor import Executor, executor_threads
+from .executor import Executor, executor_parallelism
 from .inference import Inference
 from .memory import trim_heap
 from .metrics import Metrics
@@ -68,9 +68,11 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         metrics.integrity_failures.labels("backbone").inc()
         raise
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
-    torch.set_num_threads(executor_threads(settings.torch_threads))
-    batcher = Batcher(Executor(backbone), max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
-                      max_queue=settings.max_queue, metrics=metrics)
+    executor = Executor(backbone)
+    workers, threads = executor_parallelism(executor.device, settings.executor_workers, settings.torch_threads)
+    torch.set_num_threads(threads)
+    batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
+                      max_queue=settings.max_queue, metrics=metrics, workers=workers)
     aliases = AliasTable(store)
     tasks = TaskManager(store, backbone, cache, aliases)
 

@@ -66,6 +66,8 @@ class Settings(BaseSettings):
                                    "ones share the label 'other'")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the executor; 0: one per core "
                                "but one, left to the event loop (at least 1)")
+    executor_workers: int = Field(0, ge=0, description="threads running executor batches side by side; 0: one "
+                                  "(see server.executor.executor_parallelism)")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""

@@ -160,3 +160,29 @@ def test_multi_task_frames_and_single_samples_share_one_batch(backbone, packs, p
             with torch.inference_mode():
                 ref = refs[task.task_id](x[None])[0]
             assert res.batch_size == rows and torch.allclose(res.logits, ref, atol=1e-4)
+
+
+def test_several_workers_answer_every_request_with_its_own_task(backbone, packs, prepared) -> None:
+    """NETTAILOR_EXECUTOR_WORKERS > 1: batches run side by side in two threads, each request still
+    gets its own task's logits, and close() stops every worker."""
+    refs = {p.task_id: reference_net(p, backbone) for p in packs}
+    ex = _Recording(backbone)
+    batcher = Batcher(ex, max_batch=2, window_s=0.001, max_queue=64, workers=2)
+    xs = [torch.randn(3, 32, 32) for _ in range(12)]
+    items = [(prepared[i % 3], x) for i, x in enumerate(xs)]
+
+    async def go():  # type: ignore[no-untyped-def]
+        return await asyncio.gather(*[batcher.run([it]) for it in items])
+
+    try:
+        out = asyncio.run(go())
+    finally:
+        batcher.close()
+    assert len(ex.calls) >= 6  # at most two rows per batch
+    for (task, x), (res,) in zip(items, out):
+        with torch.inference_mode():
+            ref = refs[task.task_id](x[None])[0]
+        assert torch.allclose(res.logits, ref, atol=1e-4)
+    assert not any(t.is_alive() for t in batcher._threads)
+    with pytest.raises(ValueError, match="at least 1"):
+        Batcher(ex, workers=0)
