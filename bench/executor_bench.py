@@ -70,13 +70,19 @@ def _rows(workload: str, batch: int, ntasks: int, k: int, rng: random.Random) ->
 
 
 def executor_rates(bb: Backbone, packs: list[bytes], *, batch: int = 32, seconds: float = 2.0, rounds: int = 3,
-                   kernels: tuple[str | None, ...] = (None,), device: str = "cpu") -> dict:
-    """Images per second per workload (and kernel), best of ``rounds``; the workloads interleave."""
+                   kernels: tuple[str | None, ...] = (None,), device: str = "cpu",
+                   dense: tuple[bool, ...] = (True,)) -> dict:
+    """Images per second per workload (and kernel, and dense-convolution setting), best of ``rounds``;
+    the workloads and variants interleave."""
     dev = torch.device(device)
     bb = bb.to(dev)
     tasks = [PreparedTask.from_pack(TaskPack.from_bytes(p), bb, version=1) for p in packs]
     xs = torch.randn(batch, 3, 32, 32)
-    executors = {k: Executor(bb, kernel=k) for k in kernels}
+    executors = {}
+    for k in kernels:
+        for d in dense:
+            ex = Executor(bb, kernel=k, dense_convs=d)
+            executors[(k or ex.kernel) + ("" if d else "+conv")] = ex
     rng = random.Random(1)
     best: dict[str, float] = {}
     xd = xs.to(dev).contiguous(memory_format=torch.channels_last)  # the full net's input, as the executor runs it
@@ -96,15 +102,14 @@ def executor_rates(bb: Backbone, packs: list[bytes], *, batch: int = 32, seconds
         best[name] = max(best.get(name, 0.0), n / (time.perf_counter() - t0))
 
     for _ in range(rounds):
-        for kernel, ex in executors.items():
+        for variant, ex in executors.items():
             for w in WORKLOADS[:-1]:
-                name = w if len(executors) == 1 else f"{w}/{kernel or ex.kernel}"
+                name = w if len(executors) == 1 else f"{w}/{variant}"
                 measure(name, lambda k, w=w, ex=ex: ex.run([(tasks[j], xs[i]) for i, j in
                                                               enumerate(_rows(w, batch, len(tasks), k, rng))]))
         with torch.inference_mode():
             measure("full", lambda k: bb.net(xd))
-    kernel_names = {k or ex.kernel for k, ex in executors.items()}
-    return {"img_per_s": best, "batch": batch, "tasks": len(tasks), "kernels": sorted(kernel_names),
+    return {"img_per_s": best, "batch": batch, "tasks": len(tasks), "kernels": list(executors),
             "device": str(dev), "torch_threads": torch.get_num_threads()}
 
 
@@ -118,6 +123,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each workload reports its best round")
     ap.add_argument("--kernels", default="", help="comma-separated cross-task kernels to compare "
                     "(looped, grouped); default the device's own")
+    ap.add_argument("--dense", default="on", help="on, off or on,off: frozen convolutions on tiny maps as matrix "
+                    "products (server/denseconv.py), or as convolutions ('+conv' in the names)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
     ap.add_argument("--quick", action="store_true", help="one round of 1 s per workload")
@@ -130,11 +137,12 @@ def main() -> None:
     bb = make_backbone(args.stem, args.arch)
     packs = build_packs(bb, [f"task-{i:03d}" for i in range(args.tasks)])
     kernels = tuple(args.kernels.split(",")) if args.kernels else (None,)
+    dense = tuple(d == "on" for d in args.dense.split(","))
     res = executor_rates(bb, packs, batch=args.batch, seconds=args.seconds, rounds=args.rounds,
-                         kernels=kernels, device=args.device)
+                         kernels=kernels, device=args.device, dense=dense)
     r = res["img_per_s"]
     for k in res["kernels"]:
-        sfx = "" if len(kernels) == 1 else f"/{k}"
+        sfx = "" if len(res["kernels"]) == 1 else f"/{k}"
         res[f"ratios{sfx}"] = {"mixed_vs_one": r[f"mixed{sfx}"] / r[f"one{sfx}"],
                                "mixed_vs_one_task0": r[f"mixed{sfx}"] / r[f"one-task0{sfx}"],
                                "zipf_vs_one": r[f"zipf{sfx}"] / r[f"one{sfx}"]}

@@ -21,11 +21,11 @@ definition) up to float rounding from the folding, which the tests bound at 1e-4
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from blockstore import Backbone
@@ -158,9 +158,11 @@ def executor_parallelism(device: torch.device, workers: int = 0, threads: int = 
 class Executor:
     """Runs prepared tasks over the shared universal blocks.  Thread-safe: it only reads modules."""
 
-    def __init__(self, backbone: Backbone, *, kernel: str | None = None) -> None:
+    def __init__(self, backbone: Backbone, *, kernel: str | None = None, dense_convs: bool = True) -> None:
         """``kernel``: how the task-specific layers run, ``looped`` or ``grouped`` (see
-        :mod:`server.kernels`); default the faster one for the backbone's device."""
+        :mod:`server.kernels`); default the faster one for the backbone's device.  ``dense_convs``:
+        frozen convolutions on tiny maps as matrix products (:mod:`server.denseconv`); False only
+        to measure the difference (bench/executor_bench.py --dense on,off)."""
         self.backbone = backbone
         self.blocks = backbone.blocks
         self.num_layers = len(self.blocks)
@@ -175,7 +177,8 @@ class Executor:
             raise ValueError(f"kernel must be one of {kernels.KERNELS}, not {self.kernel!r}")
         with torch.inference_mode():
             self.shared = shared_affines(backbone)
-        self.conv = DenseConvs()  # the blocks' convolutions; tiny maps as one matrix product
+        # The blocks' convolutions; tiny maps as one matrix product.
+        self.conv: Callable[[nn.Conv2d, Tensor], Tensor] = DenseConvs() if dense_convs else nn.Conv2d.__call__
 
     # -- public --------------------------------------------------------------------------
 
