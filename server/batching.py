@@ -28,11 +28,15 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from .errors import Overloaded
 from .executor import Executor, PreparedTask
+
+if TYPE_CHECKING:
+    from .engine import ProcessExecutor
 from .metrics import Metrics
 
 __all__ = ["Batcher", "RunResult"]
@@ -64,7 +68,7 @@ class _Job:
 
 
 class Batcher:
-    def __init__(self, executor: Executor, *, max_batch: int = 32, window_s: float = 0.002,
+    def __init__(self, executor: Executor | ProcessExecutor, *, max_batch: int = 32, window_s: float = 0.002,
                  max_queue: int = 256, metrics: Metrics | None = None, workers: int = 1) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
@@ -208,3 +212,6 @@ class Batcher:
         with self._cond:
             left, self._queue = list(self._queue), deque()
         self._settle_all([(job, None, Overloaded("the server is shutting down")) for job in left])
+        close = getattr(self.executor, "close", None)  # an executor process stops with its batcher
+        if close is not None:
+            close()

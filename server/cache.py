@@ -178,9 +178,12 @@ class PackCache:
             self._gen.clear()
 
     def invalidate(self, task_id: str, reason: str = "invalidated") -> None:
+        """Drop the task's entry.  A "corrupt" reason keeps a remembered load failure: the bytes are
+        still bad, and re-reading them would only fail again (and count again)."""
         with self._lock:
             self._bump(task_id)
-            self._failures.pop(task_id, None)
+            if reason != "corrupt":
+                self._failures.pop(task_id, None)
             e = self._entries.pop(task_id, None)
             if e is not None:
                 self._unlink(e, reason)

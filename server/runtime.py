@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 from dataclasses import dataclass
 
 import anyio.to_thread
@@ -31,6 +32,7 @@ from blockstore.stores import Subscription
 
 from .batching import Batcher
 from .cache import PackCache
+from .engine import ProcessExecutor
 from .executor import Executor, executor_parallelism
 from .inference import Inference
 from .memory import trim_heap
@@ -68,9 +70,16 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         metrics.integrity_failures.labels("backbone").inc()
         raise
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
-    executor = Executor(backbone)
-    workers, threads = executor_parallelism(executor.device, settings.executor_workers, settings.torch_threads)
+    device = next(backbone.parameters()).device
+    workers, threads = executor_parallelism(device, settings.executor_workers, settings.torch_threads)
     torch.set_num_threads(threads)
+    executor: Executor | ProcessExecutor
+    process = settings.executor_process if settings.executor_process is not None else (os.cpu_count() or 1) >= 2
+    if process and device.type == "cpu":
+        executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
+                                   capacity_bytes=settings.cache_bytes)
+    else:
+        executor = Executor(backbone, kernel=settings.executor_kernel)
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics, workers=workers)
     aliases = AliasTable(store)

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
                                    "ones share the label 'other'")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads for the executor; 0: one per core "
                                "but one, left to the event loop (at least 1)")
+    executor_kernel: Literal["looped", "grouped"] | None = Field(None, description="how the task-specific layers of "
+                                                                 "a mixed batch run (server.kernels); default "
+                                                                 "the device's faster one")
+    executor_process: bool | None = Field(None, description="run the executor in a process of its own (CPU only), "
+                                          "so that it never waits for the event loop's GIL (server.engine); "
+                                          "default: on for CPU serving with two cores or more")
     executor_workers: int = Field(0, ge=0, description="threads running executor batches side by side; 0: one "
                                   "(see server.executor.executor_parallelism)")
 

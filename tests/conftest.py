@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -14,6 +15,10 @@ from blockstore.testing import randomize
 __all__ = ["TINY", "make_backbone", "randomize"]
 
 torch.set_num_threads(2)
+# Apps built by the tests run the executor in-process: an executor process per app would add a
+# torch import to each of them.  tests/server/test_engine.py runs that mode, and the fault suite's
+# replicas (tests/faults) run with it on, as `nettailor serve` does by default.
+os.environ.setdefault("NETTAILOR_EXECUTOR_PROCESS", "0")
 
 TINY = BackboneConfig(arch="resnet10", stem="3x3s2", input_size=32, num_classes=10)
 

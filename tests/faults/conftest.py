@@ -102,12 +102,19 @@ class Replica:
     log: Path
 
     def rss_bytes(self, kind: str = "VmRSS") -> int:
-        """Resident memory from /proc: ``VmRSS`` (all), ``RssAnon`` (heap and other private memory) or
-        ``RssFile`` (pages of mapped files: the libraries' code, faulted in as new code paths run)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(f"{kind}:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError(f"no {kind}")
+        """Resident memory from /proc, the replica and its descendants (the executor process) summed:
+        ``VmRSS`` (all), ``RssAnon`` (heap and other private memory) or ``RssFile`` (pages of mapped
+        files: the libraries' code, faulted in as new code paths run)."""
+        total, todo = 0, [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+                todo += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+            except (FileNotFoundError, ProcessLookupError):  # the process ended
+                continue
+            total += next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith(f"{kind}:"))
+        return total
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -125,7 +132,9 @@ class Replica:
 def replica(store_url: str, log_dir: Path, *, wait_ready: bool = True, **env: str) -> Iterator[Replica]:
     """``python -m nettailor serve`` as a real process on a free port."""
     port = free_port()
-    full_env = dict(os.environ, NETTAILOR_STORE=store_url, NETTAILOR_TOKEN=TOKEN, NETTAILOR_DEVICE="cpu",
+    # The executor process on, as `nettailor serve` runs by default (tests/conftest.py turns it off).
+    full_env = dict(os.environ, NETTAILOR_EXECUTOR_PROCESS="1", NETTAILOR_STORE=store_url, NETTAILOR_TOKEN=TOKEN,
+                    NETTAILOR_DEVICE="cpu",
                     NETTAILOR_BATCH_WINDOW_MS="1", NETTAILOR_BACKBONE_POLL_S="0.2", OMP_NUM_THREADS="1", **env)
     log = log_dir / f"replica-{port}.log"
     with open(log, "wb") as out:

@@ -147,7 +147,14 @@ def test_bad_pack_bytes_on_register_are_422(client, make_pack) -> None:
          422, "unsupported_format")
 
 
-def test_corrupt_stored_pack_makes_only_that_task_503(client, store, task, make_pack) -> None:
+def test_corrupt_stored_pack_makes_only_that_task_503(serve, store, task, make_pack) -> None:
+    # A failure is remembered for failure_ttl_s: long enough here that a loaded CI machine cannot
+    # outlast it between the requests below (at the default 5 s it once re-read the pack).
+    with serve(failure_ttl_s=600.0) as client:
+        _corrupt_stored_pack(client, store, make_pack)
+
+
+def _corrupt_stored_pack(client, store, make_pack) -> None:  # type: ignore[no-untyped-def]
     rec = store.get_record("t1")
     path = store.root / "packs" / f"{rec.sha256}.pack"
     path.write_bytes(path.read_bytes()[:200])  # damaged behind the server's back

@@ -1,0 +1,231 @@
+"""The executor in a process of its own, so that it never waits for the event loop's GIL.
+
+In one process, the executor thread and the event loop share one GIL.  A mixed batch is a few
+hundred small torch operators; each releases the GIL and must take it back, and at saturation the
+event loop holds it in bursts.  Measured on the 2-core machine at N = 20, C = 32 (bench/serve_bench.py):
+the executor call for a batch of 16 took 61 ms in the server against about 32 ms in a plain loop,
+and neither thread used more than 0.6 of a core.
+
+:class:`ProcessExecutor` has :class:`server.executor.Executor`'s ``run_frames``, so the
+:class:`server.batching.Batcher` is unchanged; batching, the queue bound and every metric stay in
+the server process.  Behind it, a child process (``spawn``) holds a copy of the frozen backbone
+and runs the real executor:
+
+* a batch crosses a pipe as NumPy arrays (the frames in, the logits out): a pickle of plain
+  buffers, no torch serialisation and no shared-memory handle per tensor;
+* a task's prepared tensors cross once, the first time one of its rows does; the server mirrors
+  which tasks the child holds and names, with the next batch, those it has let go of itself and
+  the least recently used beyond the pack cache's budget, so the child holds no more than the server;
+* the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
+  batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
+  retries that batch's frames one by one, so a frame that kills the executor fails alone.
+
+CPU only: on a GPU the executor thread spends its time waiting for kernels, with the GIL released.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import pickle
+import signal
+import threading
+import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from blockstore import Backbone
+
+from .errors import Overloaded
+from .executor import Executor, PreparedTask
+
+__all__ = ["EngineError", "ProcessExecutor"]
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT_S = 300.0
+Frames = Sequence[tuple[Tensor, Sequence[PreparedTask]]]
+
+
+class EngineError(Overloaded):
+    """The executor process failed a batch, or died running it twice (503, retry later)."""
+
+
+def _send(conn: Connection, msg: object) -> None:
+    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _recv(conn: Connection) -> object:
+    return pickle.loads(conn.recv_bytes())
+
+
+class ProcessExecutor:
+    """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
+
+    def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
+                 capacity_bytes: int = 256 * 1024 * 1024) -> None:
+        if next(backbone.parameters()).device.type != "cpu":
+            raise ValueError("the executor process is for CPU serving; on a GPU use the in-process executor")
+        self.device = torch.device("cpu")
+        self.kernel, self.threads, self.capacity = kernel, threads, capacity_bytes
+        self._blob = backbone.to_bytes()
+        self._lock = threading.Lock()
+        self._ctx = mp.get_context("spawn")
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn: Connection | None = None
+        # Task uid -> (bytes, the server's object), as the child holds them.  A task the server has let
+        # go (deleted, replaced, evicted from its cache and no longer leased) is dropped from the
+        # child with the next batch, so the child never holds more than the server does.
+        self._held: OrderedDict[int, tuple[int, weakref.ref[PreparedTask]]] = OrderedDict()
+        self._held_bytes = 0
+        self.restarts = 0
+        with self._lock:
+            self._start()
+
+    # -- the child's life ---------------------------------------------------------------------
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_serve, args=(child, self.kernel, self.threads), name="nettailor-engine",
+                                 daemon=True)
+        proc.start()
+        child.close()
+        t0 = time.perf_counter()
+        try:
+            parent.send_bytes(self._blob)
+            if not parent.poll(_START_TIMEOUT_S):
+                raise EngineError(f"the executor process did not start within {_START_TIMEOUT_S:.0f} s")
+            reply = _recv(parent)
+        except (EOFError, OSError) as e:
+            proc.kill()
+            raise EngineError(f"the executor process died while starting (exit code {proc.exitcode}): {e}") from None
+        if reply != "ready":
+            proc.kill()
+            raise EngineError(f"the executor process failed to start: {reply}")
+        self._proc, self._conn = proc, parent
+        self._held.clear()
+        self._held_bytes = 0
+        log.info("executor process %d ready in %.1f s", proc.pid, time.perf_counter() - t0)
+
+    def _stop_child(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                _send(conn, ("stop",))
+            conn.close()
+        if proc is not None:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop_child()
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def _sync(self, frames: Frames) -> tuple[list[PreparedTask], list[int]]:
+        """Tasks the child lacks (sent with the batch), and uids it may drop (LRU beyond the budget)."""
+        new: list[PreparedTask] = []
+        used: set[int] = set()
+        for _, tasks in frames:
+            for t in tasks:
+                if t.uid in used:
+                    continue
+                used.add(t.uid)
+                if t.uid in self._held:
+                    self._held.move_to_end(t.uid)
+                else:
+                    new.append(t)
+                    self._held[t.uid] = (t.nbytes, weakref.ref(t))
+                    self._held_bytes += t.nbytes
+        evict = [uid for uid, (_, ref) in self._held.items() if ref() is None]
+        for uid in evict:
+            self._held_bytes -= self._held.pop(uid)[0]
+        for uid in list(self._held):  # least recently used first
+            if self._held_bytes <= self.capacity:
+                break
+            if uid not in used:
+                self._held_bytes -= self._held.pop(uid)[0]
+                evict.append(uid)
+        return new, evict
+
+    def run_frames(self, frames: Frames) -> list[list[Tensor]]:
+        """Logits (CPU, float) for every (frame, task) pair, in order, computed in the child.
+
+        If the child dies, a new one is started and the batch is tried once more on it; a second
+        death raises :class:`EngineError` (the batcher then retries the frames one by one)."""
+        batch = [(np.ascontiguousarray(x.detach().cpu().numpy()), [t.uid for t in tasks]) for x, tasks in frames]
+        with self._lock:
+            for attempt in (1, 2):
+                if self._conn is None:
+                    self._start()
+                assert self._conn is not None
+                new, evict = self._sync(frames)
+                try:
+                    _send(self._conn, ("run", new, evict, batch))
+                    reply = _recv(self._conn)
+                except (EOFError, OSError) as e:
+                    code = self._proc.exitcode if self._proc is not None else None
+                    self.restarts += 1
+                    log.error("the executor process died (exit code %s, %s); starting a new one", code, e)
+                    self._stop_child()
+                    self._start()
+                    if attempt == 2:
+                        raise EngineError(f"the executor process died twice running a batch (exit code {code})",
+                                          retry_after=1) from None
+                    continue
+                assert isinstance(reply, tuple)
+                if reply[0] != "ok":
+                    raise EngineError(f"the executor process failed a batch: {reply[1]}")
+                return [[torch.from_numpy(a) for a in row] for row in reply[1]]
+        raise AssertionError("unreachable")
+
+
+# -- the child process ------------------------------------------------------------------------------
+
+
+def _serve(conn: Connection, kernel: str | None, threads: int) -> None:  # pragma: no cover - runs in the child
+    """The executor process: receive the backbone, then run batches until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
+    torch.set_num_threads(threads)
+    try:
+        backbone = Backbone.from_bytes(conn.recv_bytes()).freeze().eval()
+        executor = Executor(backbone, kernel=kernel)
+    except Exception as e:
+        _send(conn, f"{type(e).__name__}: {e}")
+        return
+    _send(conn, "ready")
+    tasks: dict[int, PreparedTask] = {}
+    while True:
+        try:
+            msg = _recv(conn)
+        except (EOFError, OSError):  # the server went away
+            return
+        assert isinstance(msg, tuple)
+        if msg[0] == "stop":
+            return
+        _, new, evict, batch = msg
+        for uid in evict:
+            tasks.pop(uid, None)
+        for t in new:
+            tasks[t.uid] = t
+        try:
+            frames = [(torch.from_numpy(x), [tasks[uid] for uid in uids]) for x, uids in batch]
+            out = executor.run_frames(frames)
+            _send(conn, ("ok", [[o.numpy() for o in row] for row in out]))
+        except Exception as e:  # one bad batch fails alone; the server retries its frames one by one
+            _send(conn, ("error", f"{type(e).__name__}: {e}"))
