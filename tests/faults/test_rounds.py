@@ -105,9 +105,9 @@ def _check(result: dict, *, rss: bool) -> None:
     assert [k for k in result["keys_left"] if not k.startswith("nt:backbone")] == []
     assert abs(result["redis_change"]) < 0.05, result
     if rss and result["rss_slope_bytes_per_round"] >= 1024:
-        # A known gap, reported rather than hidden: settled RssAnon still creeps by about 2 KB per round
-        # over 1,000 rounds on the 2-core machine (the campaign saw 4 KB).  Redis and the keys, above,
-        # are asserted; this part passes by itself once the creep is found.
+        # Reported rather than hidden: with the executor in the server process (NETTAILOR_EXECUTOR_PROCESS=0)
+        # settled RssAnon creeps by about 2 KB per round (the campaign saw 4 KB); with the executor
+        # process, as the replicas here run, 518 B.  Redis and the keys, above, are always asserted.
         pytest.xfail(f"server RssAnon grows {result['rss_slope_bytes_per_round']:.0f} B/round (target < 1024)")
 
 
@@ -115,8 +115,8 @@ def test_200_rounds_leave_redis_where_it_was(redis_server, make_pack, backbone, 
     _check(_run(redis_server, make_pack, backbone, tmp_path, 200), rss=False)
 
 
-# 1,000 rounds: Redis within 5% and no key left (asserted), and the server's RSS under 1 KB per round
-# (an xfail with the measured figure while it is not).
+# 1,000 rounds: Redis within 5% and no key left, and the server's memory under 1 KB per round
+# (518 B/round with the executor process, the default; an xfail with the figure if it is not).
 @pytest.mark.slow
 def test_1000_rounds_leave_redis_and_the_server_where_they_were(redis_server, make_pack, backbone, tmp_path):
     _check(_run(redis_server, make_pack, backbone, tmp_path, 1000), rss=True)
