@@ -53,11 +53,14 @@ def _run(redis_server, make_pack, backbone, tmp_path, rounds: int) -> dict:  # t
     with replica(redis_server.url, tmp_path) as rep, httpx.Client(base_url=rep.base, timeout=60) as client:
         for i in range(WARMUP):  # imports, allocator pools and caches reach their steady state
             _round(client, i, packs[i], img)
-        redis_start, rss_start = _settled(redis_server), _settled_rss(rep, client, WARMUP + rounds, packs[-1], img)
-        samples = [(0, rss_start)]
+        redis_start = _settled(redis_server)
+        rss_start, vm = _settled_rss(rep, client, WARMUP + rounds, packs[-1], img)
+        samples, vm_samples = [(0, rss_start)], [(0, vm)]
         for n, i in enumerate(range(WARMUP, WARMUP + rounds), start=1):
             if n % SETTLED_EVERY == 0:
-                samples.append((n, _settled_rss(rep, client, i, packs[i], img)))
+                anon, vm = _settled_rss(rep, client, i, packs[i], img)
+                samples.append((n, anon))
+                vm_samples.append((n, vm))
             else:
                 _round(client, i, packs[i], img)
         redis_end, rss_end = _settled(redis_server), samples[-1][1]
@@ -66,7 +69,7 @@ def _run(redis_server, make_pack, backbone, tmp_path, rounds: int) -> dict:  # t
     return {"rounds": rounds, "redis_used_memory_start": redis_start, "redis_used_memory_end": redis_end,
             "redis_change": (redis_end - redis_start) / redis_start, "rss_start": rss_start, "rss_end": rss_end,
             "rss_growth_per_round_bytes": (rss_end - rss_start) / rounds, "rss_slope_bytes_per_round": _slope(samples),
-            "rss_samples": samples,
+            "vmrss_slope_bytes_per_round": _slope(vm_samples), "rss_samples": samples, "vmrss_samples": vm_samples,
             "keys_left": sorted(keys)}
 
 
@@ -80,12 +83,13 @@ def _settled(redis_server) -> int:  # type: ignore[no-untyped-def]
     return low
 
 
-def _settled_rss(rep, client: httpx.Client, i: int, pack: bytes, img: bytes) -> int:  # type: ignore[no-untyped-def]
-    """One round started after the trim interval (its delete trims the heap), then ``RssAnon``."""
+def _settled_rss(rep, client: httpx.Client, i: int, pack: bytes, img: bytes) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """One round started after the trim interval (its delete trims the heap), then ``RssAnon`` (what
+    the target is checked on) and ``VmRSS`` (reported beside it)."""
     time.sleep(MIN_INTERVAL_S + 0.1)
     _round(client, i, pack, img)
     time.sleep(0.3)  # the delete's store event reaches the replica, which trims
-    return rep.rss_bytes("RssAnon")
+    return rep.rss_bytes("RssAnon"), rep.rss_bytes()
 
 
 def _slope(samples: list[tuple[int, int]]) -> float:
