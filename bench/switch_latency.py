@@ -42,6 +42,7 @@ from blockstore import (
 )
 from blockstore.testing import randomize
 from server.cache import PackCache
+from server.engine import ProcessExecutor
 from server.executor import Executor
 from server.metrics import Metrics
 
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda when present)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
+    ap.add_argument("--executor-process", action="store_true", help="run the executor in its own process, as "
+                    "`nettailor serve` does on the CPU (a cold switch then also sends the task's tensors to it)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -94,7 +97,8 @@ def main() -> None:
             pack_bytes = len(data)
 
         cache = PackCache(store, backbone, 1 << 34, Metrics())
-        executor = Executor(backbone)
+        executor: Executor | ProcessExecutor = (ProcessExecutor(backbone, capacity_bytes=1 << 34)
+                                                if args.executor_process else Executor(backbone))
         x = torch.randn(3, args.size, args.size)
 
         switch: dict[str, list[float]] = {"active": [], "hot": [], "cold": [], "full": []}
@@ -103,7 +107,7 @@ def main() -> None:
             t0 = time.perf_counter()
             with cache.lease(tid) as lease:
                 t1 = time.perf_counter()
-                executor.run([(lease.task, x)])
+                executor.run_frames([(x, (lease.task,))])
             _sync(device)
             if kind:
                 switch[kind].append(t1 - t0)  # the switch itself: a cache hit, or fetch + prepare
@@ -145,7 +149,8 @@ def main() -> None:
         res = {k: stats(v) for k, v in times.items()}
         sw = {k: stats(v) for k, v in switch.items()}
         summary = {
-            "device": str(device), "arch": args.arch, "stem": args.stem, "size": args.size, "tasks": args.tasks,
+            "device": str(device), "executor_process": args.executor_process,
+            "arch": args.arch, "stem": args.stem, "size": args.size, "tasks": args.tasks,
             "pack_bytes": pack_bytes, "full_model_bytes": full_bytes,
             "task_tensor_bytes_on_device": cache.nbytes // max(1, len(cache.cached_tasks())),
             "request": res,
@@ -175,6 +180,9 @@ def main() -> None:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(summary, f, indent=2)
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
     finally:
         keys = list(store._client.scan_iter(match=f"{store.prefix}*"))
         if keys:
