@@ -2,4 +2,5 @@ import sys
 
 from nettailor.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # a spawned child (the executor process) imports this module without running it
+    sys.exit(main())
