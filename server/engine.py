@@ -26,6 +26,8 @@ CPU only: on a GPU the executor thread spends its time waiting for kernels, with
 from __future__ import annotations
 
 import contextlib
+import copyreg
+import io
 import logging
 import multiprocessing as mp
 import pickle
@@ -58,8 +60,21 @@ class EngineError(Overloaded):
     """The executor process failed a batch, or died running it twice (503, retry later)."""
 
 
+def _tensor_as_array(t: Tensor) -> tuple:
+    return torch.from_numpy, (t.detach().cpu().numpy(),)
+
+
+class _Pickler(pickle.Pickler):
+    """Tensors travel as NumPy arrays: a buffer copy, where torch's own pickling serialises each
+    storage through torch.save (a cold task switch then spent about 30 ms sending a 4.7 MB task)."""
+
+    dispatch_table = {**copyreg.dispatch_table, Tensor: _tensor_as_array}
+
+
 def _send(conn: Connection, msg: object) -> None:
-    conn.send_bytes(pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+    buf = io.BytesIO()
+    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(msg)
+    conn.send_bytes(buf.getbuffer())
 
 
 def _recv(conn: Connection) -> object:
