@@ -34,10 +34,10 @@ from torch import Tensor
 
 from .errors import Overloaded
 from .executor import Executor, PreparedTask
+from .metrics import Metrics
 
 if TYPE_CHECKING:
     from .engine import ProcessExecutor
-from .metrics import Metrics
 
 __all__ = ["Batcher", "RunResult"]
 

@@ -141,7 +141,7 @@ class _Batch:
         return torch.stack(uniq).index_select(0, self.index(idx))
 
 
-def executor_parallelism(device: torch.device, workers: int = 0, threads: int = 0) -> tuple[int, int]:
+def executor_parallelism(workers: int = 0, threads: int = 0) -> tuple[int, int]:
     """Executor worker threads and torch intra-op threads for a serving process; 0 picks the default:
     one worker, and one intra-op thread per core but one (at least one).
 

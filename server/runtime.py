@@ -71,7 +71,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         raise
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
     device = next(backbone.parameters()).device
-    workers, threads = executor_parallelism(device, settings.executor_workers, settings.torch_threads)
+    workers, threads = executor_parallelism(settings.executor_workers, settings.torch_threads)
     torch.set_num_threads(threads)
     executor: Executor | ProcessExecutor
     process = settings.executor_process if settings.executor_process is not None else (os.cpu_count() or 1) >= 2
