@@ -39,13 +39,9 @@ def prepared(packs, backbone) -> list[PreparedTask]:  # type: ignore[no-untyped-
     return [PreparedTask.from_pack(p, backbone, version=1) for p in packs]
 
 
-def test_mixed_tasks_share_an_executor_call(backbone, packs, prepared) -> None:
-    refs = {p.task_id: reference_net(p, backbone) for p in packs}
-    ex = _Recording(backbone)
-    batcher = Batcher(ex, max_batch=16, window_s=0.05, max_queue=64)
-    xs = [torch.randn(3, 32, 32) for _ in range(9)]
-    items = [(prepared[i % 3], x) for i, x in enumerate(xs)]
-
+def _run_and_compare(batcher: Batcher, items: list, refs: dict) -> None:
+    """Run every (task, image) item as its own request, concurrently; each answer must equal its task's
+    reference net run alone."""
     async def go():  # type: ignore[no-untyped-def]
         return await asyncio.gather(*[batcher.run([it]) for it in items])
 
@@ -53,11 +49,20 @@ def test_mixed_tasks_share_an_executor_call(backbone, packs, prepared) -> None:
         out = asyncio.run(go())
     finally:
         batcher.close()
-    assert len(ex.calls) < 9 and any(len(set(c)) > 1 for c in ex.calls)
     for (task, x), (res,) in zip(items, out):
         with torch.inference_mode():
             ref = refs[task.task_id](x[None])[0]
         assert res.logits.shape == ref.shape and torch.allclose(res.logits, ref, atol=1e-4)
+
+
+def test_mixed_tasks_share_an_executor_call(backbone, packs, prepared) -> None:
+    refs = {p.task_id: reference_net(p, backbone) for p in packs}
+    ex = _Recording(backbone)
+    batcher = Batcher(ex, max_batch=16, window_s=0.05, max_queue=64)
+    xs = [torch.randn(3, 32, 32) for _ in range(9)]
+    items = [(prepared[i % 3], x) for i, x in enumerate(xs)]
+    _run_and_compare(batcher, items, refs)
+    assert len(ex.calls) < 9 and any(len(set(c)) > 1 for c in ex.calls)
     assert batcher.metrics.batch_mixed_share._value.get() > 0
 
 
@@ -170,19 +175,8 @@ def test_several_workers_answer_every_request_with_its_own_task(backbone, packs,
     batcher = Batcher(ex, max_batch=2, window_s=0.001, max_queue=64, workers=2)
     xs = [torch.randn(3, 32, 32) for _ in range(12)]
     items = [(prepared[i % 3], x) for i, x in enumerate(xs)]
-
-    async def go():  # type: ignore[no-untyped-def]
-        return await asyncio.gather(*[batcher.run([it]) for it in items])
-
-    try:
-        out = asyncio.run(go())
-    finally:
-        batcher.close()
+    _run_and_compare(batcher, items, refs)
     assert len(ex.calls) >= 6  # at most two rows per batch
-    for (task, x), (res,) in zip(items, out):
-        with torch.inference_mode():
-            ref = refs[task.task_id](x[None])[0]
-        assert torch.allclose(res.logits, ref, atol=1e-4)
     assert not any(t.is_alive() for t in batcher._threads)
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(ex, workers=0)
