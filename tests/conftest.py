@@ -77,3 +77,16 @@ def redis_store() -> Iterator[RedisStore]:
 @pytest.fixture
 def dir_store(tmp_path) -> DirStore:
     return DirStore(tmp_path / "store", poll_interval=0.05)
+
+
+def flip_stored_byte(store: DirStore | RedisStore, sha: str, offset: int) -> None:
+    """Flip one byte of a stored pack in place, keeping its length (bit rot)."""
+    if isinstance(store, DirStore):
+        path = store.root / "packs" / f"{sha}.pack"
+        data = bytearray(path.read_bytes())
+        data[offset] ^= 0xFF
+        path.write_bytes(bytes(data))
+    else:
+        key = store._k("pack", sha)
+        byte = store._client.getrange(key, offset, offset)
+        store._client.setrange(key, offset, bytes([byte[0] ^ 0xFF]))

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -34,6 +35,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
@@ -64,11 +66,16 @@ class DirStore(Store):
         self.poll_interval = poll_interval
         self.keep_versions = keep_versions
         self._mutex = threading.Lock()
+        self._options: dict[str, Any] = {"poll_interval": poll_interval, "keep_versions": keep_versions}
         try:
             for sub in ("backbones", "packs", "tasks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise StoreUnavailable(f"cannot use {self.root} as a store: {e}") from None
+
+    def __reduce__(self) -> tuple:
+        """Pickled as how to open it again (the executor process reads packs from its own handle)."""
+        return functools.partial(DirStore, **self._options), (self.root,)
 
     # -- files -----------------------------------------------------------------------------
 

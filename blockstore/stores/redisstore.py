@@ -27,13 +27,14 @@ between its mark and its sweep.  Hence no record ever names missing bytes.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -69,7 +70,8 @@ class RedisStore(Store):
             raise ValueError(f"keep_versions must be at least 1, not {keep_versions}")
         parts = urlsplit(url)
         query = parse_qs(parts.query)
-        self.prefix = prefix or query.pop("prefix", ["nt:"])[0]
+        in_url = query.pop("prefix", [None])[0]  # never passed on to redis-py, which refuses it
+        self.prefix = prefix or in_url or "nt:"
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self.url = url
         self.keep_versions = keep_versions
@@ -79,6 +81,13 @@ class RedisStore(Store):
         self._client = redis.Redis.from_url(clean, socket_timeout=socket_timeout,
                                             socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1))
         self._sweep_script = self._client.register_script(SWEEP)
+        self._options: dict[str, Any] = {"prefix": self.prefix, "socket_timeout": socket_timeout,
+                                         "connect_timeout": connect_timeout, "keep_versions": keep_versions,
+                                         "max_attempts": max_attempts}
+
+    def __reduce__(self) -> tuple:
+        """Pickled as how to open it again: another process (the executor's) gets its own connection."""
+        return functools.partial(RedisStore, **self._options), (self.url,)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:

@@ -29,6 +29,7 @@ from blockstore import (
 from blockstore.stores import dirstore as dirstore_mod
 from blockstore.stores import redisstore as redisstore_mod
 from blockstore.stores.base import sha256_hex
+from tests.conftest import flip_stored_byte
 
 
 @pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
@@ -43,19 +44,6 @@ def _twin(store):  # type: ignore[no-untyped-def]
     if isinstance(store, DirStore):
         return DirStore(store.root, poll_interval=0.05)
     return RedisStore("redis://127.0.0.1:6379/0", prefix=store.prefix)
-
-
-def _flip(store, sha: str, offset: int) -> None:  # type: ignore[no-untyped-def]
-    """Flip one byte of the stored pack, keeping its length (bit rot)."""
-    if isinstance(store, DirStore):
-        path = store.root / "packs" / f"{sha}.pack"
-        data = bytearray(path.read_bytes())
-        data[offset] ^= 0xFF
-        path.write_bytes(bytes(data))
-    else:
-        key = store._k("pack", sha)
-        byte = store._client.getrange(key, offset, offset)
-        store._client.setrange(key, offset, bytes([byte[0] ^ 0xFF]))
 
 
 def _pack_exists(store, sha: str) -> bool:  # type: ignore[no-untyped-def]
@@ -80,7 +68,7 @@ def test_a_flipped_byte_is_refused_marked_announced_and_repaired(store, make_pac
     seen: list[StoreEvent] = []
     sub = _twin(store).subscribe(seen.append)
     try:
-        _flip(store, rec.sha256, len(data) - 3)  # a tensor byte: the header still parses
+        flip_stored_byte(store, rec.sha256, len(data) - 3)  # a tensor byte: the header still parses
         with pytest.raises(DigestMismatch, match="hash to") as e:
             store.get_pack("digits")
         assert e.value.sha256 == rec.sha256
