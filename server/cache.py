@@ -3,6 +3,10 @@
 * **Bounded in bytes**: an LRU over :attr:`PreparedTask.nbytes`, never a count of tasks.
 * **Single flight**: concurrent misses on one task wait for one load (threads wait on an event;
   coroutines of one event loop share one future, so 50 requests do not park 50 threads).
+* **Cold loads off the hot path**: a coroutine's miss runs in one of ``load_threads`` loader threads;
+  with the executor in its own process (the CPU default), the load itself runs there
+  (``prepare``, :meth:`server.engine.ProcessExecutor.load`) and the cache holds each task's
+  description, without tensors.  :func:`load_stored` is the one definition of a load.
 * **Reference counts**: a request holds a :class:`Lease` while its sample runs.  Prepared tasks are
   never mutated; an update or delete only unlinks the entry, and an entry still leased is kept
   (and its bytes counted) until the last lease is released.
@@ -24,14 +28,13 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-
-import anyio.to_thread
+from concurrent.futures import ThreadPoolExecutor
 
 from blockstore import (
     ALIAS_EVENTS,
@@ -49,9 +52,11 @@ from .errors import TaskUnavailable
 from .executor import PreparedTask
 from .metrics import Metrics
 
-__all__ = ["Lease", "PackCache", "pinned_key", "split_key"]
+__all__ = ["Lease", "LoadFailure", "PackCache", "Prepare", "load_stored", "pinned_key", "split_key"]
 
 log = logging.getLogger(__name__)
+
+Prepare = Callable[[str, int, str], PreparedTask]  # (task id, version, sha256) -> the task, or LoadFailure
 
 
 def pinned_key(task_id: str, version: int) -> str:
@@ -63,6 +68,38 @@ def split_key(key: str) -> tuple[str, int | None]:
     """``(task_id, version)`` of a cache key; version None for the task's current version."""
     task_id, _, version = key.partition("@")
     return task_id, int(version) if version else None
+
+
+class LoadFailure(Exception):
+    """A stored version that cannot be served: ``detail`` says why.  ``integrity``: its bytes failed
+    their digest; ``gone``: no bytes are stored under the digest (collected after a change)."""
+
+    def __init__(self, detail: str, code: str, integrity: bool = False, gone: bool = False) -> None:
+        super().__init__(detail, code, integrity, gone)  # args round-trip: it crosses the executor pipe
+        self.detail, self.code, self.integrity, self.gone = detail, code, integrity, gone
+
+
+def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, *,
+                uid: int | None = None) -> PreparedTask:
+    """The one definition of a cold load: fetch the bytes stored under ``sha256`` (verified by the
+    store), parse, validate against ``backbone`` and fold.  Runs in the server process, or on the CPU
+    in the executor process (server.engine).  Raises :class:`LoadFailure`."""
+    try:
+        data = store.get_pack_bytes(sha256, task_id)
+    except DigestMismatch as e:
+        raise LoadFailure(f"task {task_id!r} cannot be served: {e.detail}", e.code, integrity=True) from None
+    except PackNotFound as e:
+        raise LoadFailure(e.detail, e.code, gone=True) from None
+    try:
+        pack = TaskPack.from_bytes(data, backbone_id=backbone.backbone_id, verified_sha256=sha256)
+        if pack.task_id != task_id:
+            raise PackError(f"the stored pack names task {pack.task_id!r}")
+        return PreparedTask.from_pack(pack, backbone, version=version, uid=uid)
+    except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
+        why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
+        code = e.code if isinstance(e, PackError) else type(e).__name__
+        raise LoadFailure(f"task {task_id!r} cannot be served: its stored pack (version {version}) {why}: "
+                          f"{getattr(e, 'detail', e)}", code) from None
 
 
 class _Entry:
@@ -105,11 +142,16 @@ class _Flight:
 
 class PackCache:
     def __init__(self, store: Store, backbone: Backbone, capacity_bytes: int, metrics: Metrics | None = None, *,
-                 failure_ttl: float = 5.0, loader: Callable[[str], PreparedTask] | None = None) -> None:
+                 failure_ttl: float = 5.0, prepare: Prepare | None = None, load_threads: int = 4) -> None:
         self.store, self.backbone, self.capacity = store, backbone, capacity_bytes
         self.metrics = metrics or Metrics()
         self.failure_ttl = failure_ttl
-        self._load_fn = loader or self._load_from_store
+        self._prepare: Prepare = prepare or functools.partial(load_stored, store, backbone)
+        # Cold loads of coroutines run here, a few at a time, not in anyio's 40 threads: at N = 1,000
+        # tasks (bench/serve_bench.py), 40 loads at once in the server process fought the event loop for
+        # the GIL and a 4 ms load took 270 ms.  With the loads in the executor process, 2 threads
+        # served 104 req/s and 4 served 364 (8: 355): enough to keep that process busy.
+        self._loader = ThreadPoolExecutor(load_threads, thread_name_prefix="nettailor-load")
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._retired: dict[int, _Entry] = {}  # unlinked but still leased, by id()
@@ -121,6 +163,10 @@ class PackCache:
         self.loads = 0
 
     # -- public ----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the cold-load threads (loads in flight finish; queued ones are cancelled)."""
+        self._loader.shutdown(wait=False, cancel_futures=True)
 
     def lease(self, task_id: str) -> Lease:
         """Blocking: the task's prepared tensors, loading them (once, for all callers) on a miss."""
@@ -137,7 +183,7 @@ class PackCache:
             return lease
         fut = self._pending.get(task_id)
         if fut is None:
-            fut = asyncio.ensure_future(anyio.to_thread.run_sync(self._load, task_id))
+            fut = asyncio.wrap_future(self._loader.submit(self._load, task_id))
             self._pending[task_id] = fut
 
             def forget(f: asyncio.Future[_Entry], tid: str = task_id) -> None:
@@ -250,31 +296,30 @@ class PackCache:
     # -- loading ---------------------------------------------------------------------------
 
     def _load_from_store(self, key: str) -> PreparedTask:
+        """Resolve ``key`` to one stored version (here, from the task's record), then fetch, verify and
+        fold it with ``prepare`` (here, or in the executor process).  A pack collected between the two
+        reads (the task changed meanwhile) is resolved once more."""
         task_id, pinned = split_key(key)
-        try:  # verified: the bytes hash to rec.sha256
-            if pinned is None:
-                rec, data = self.store.get_pack(task_id)
-            else:  # one stored version: VersionNotFound (404) names the versions the task keeps
-                rec = self.store.get_record(task_id)
+        for attempt in (1, 2):
+            rec = self.store.get_record(task_id)
+            if pinned is not None:  # one stored version: VersionNotFound (404) names the versions kept
                 h = rec.find(pinned)
-                rec = dataclasses.replace(rec, version=h.version, sha256=h.sha256, backbone_id=h.backbone_id)
-                data = self.store.get_pack_bytes(h.sha256, task_id)
-        except DigestMismatch as e:
-            self.metrics.integrity_failures.labels("pack").inc()
-            self.metrics.pack_failures.labels(e.code).inc()
-            log.error("task %s cannot be served: %s", task_id, e.detail)
-            raise TaskUnavailable(f"task {task_id!r} cannot be served: {e.detail}") from None
-        try:
-            pack = TaskPack.from_bytes(data, backbone_id=self.backbone.backbone_id, verified_sha256=rec.sha256)
-            if pack.task_id != task_id:
-                raise PackError(f"the stored pack names task {pack.task_id!r}")
-            return PreparedTask.from_pack(pack, self.backbone, version=rec.version)
-        except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
-            why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
-            code = e.code if isinstance(e, (PackError, PackNotFound)) else type(e).__name__
-            self.metrics.pack_failures.labels(code).inc()
-            raise TaskUnavailable(f"task {task_id!r} cannot be served: its stored pack (version {rec.version}) "
-                                  f"{why}: {getattr(e, 'detail', e)}") from None
+                version, sha256 = h.version, h.sha256
+            else:
+                version, sha256 = rec.version, rec.sha256
+            try:
+                return self._prepare(task_id, version, sha256)
+            except LoadFailure as e:
+                if e.gone:
+                    if attempt == 1:
+                        continue
+                    raise PackNotFound(e.detail) from None
+                self.metrics.pack_failures.labels(e.code).inc()
+                if e.integrity:
+                    self.metrics.integrity_failures.labels("pack").inc()
+                    log.error("%s", e.detail)
+                raise TaskUnavailable(e.detail) from None
+        raise AssertionError("unreachable")
 
     def _load(self, task_id: str) -> _Entry:
         """Single flight: the first caller loads, the others wait for its result."""
@@ -298,7 +343,7 @@ class PackCache:
             return flight.entry
         t0 = time.perf_counter()
         try:
-            task = self._load_fn(task_id)
+            task = self._load_from_store(task_id)
         except BaseException as e:
             with self._lock:
                 if isinstance(e, TaskUnavailable) and self._gen.get(task_id, 0) == gen:

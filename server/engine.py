@@ -13,9 +13,17 @@ and runs the real executor:
 
 * a batch crosses a pipe as NumPy arrays (the frames in, the logits out): a pickle of plain
   buffers, no torch serialisation and no shared-memory handle per tensor;
-* a task's prepared tensors cross once, the first time one of its rows does; the server mirrors
-  which tasks the child holds and names, with the next batch, those it has let go of itself and
-  the least recently used beyond the pack cache's budget, so the child holds no more than the server;
+* with a store (the server's default), the child also makes the pack cache's cold loads
+  (:func:`server.cache.load_stored`: fetch, verify, validate, fold) and keeps the tensors; the server
+  keeps only each task's description (:meth:`PreparedTask.description`), so pack bytes and tensors
+  never enter the server process, whose GIL the event loop needs (measured at N = 1,000 tasks: a
+  4 ms load took 20-270 ms in the server process, and half its memory was a second copy of the tasks);
+* the server mirrors which tasks the child holds and names, with the next batch, those it has let go
+  of itself and the least recently used beyond the pack cache's budget, so the child holds no more
+  than the server would; a task the child lacks (after a restart) is loaded again from the store
+  with the batch, or sent whole when the server holds its tensors (no store);
+* the pipe is taken in arrival order (:class:`_FairLock`), so a cold load never starves behind the
+  batch thread, which takes it back to back;
 * the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
   batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
   retries that batch's frames one by one, so a frame that kills the executor fails alone.
@@ -35,7 +43,7 @@ import signal
 import threading
 import time
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
@@ -43,10 +51,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from blockstore import Backbone
+from blockstore import Backbone, NetTailorError, Store
 
+from .cache import LoadFailure, load_stored
 from .errors import Overloaded
 from .executor import Executor, PreparedTask
+from .prepared import new_uid
 
 __all__ = ["EngineError", "ProcessExecutor"]
 
@@ -54,6 +64,7 @@ log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 300.0
 Frames = Sequence[tuple[Tensor, Sequence[PreparedTask]]]
+Spec = tuple[int, str, int, str]  # what the child loads from the store: uid, task id, version, sha256
 
 
 class EngineError(Overloaded):
@@ -81,17 +92,44 @@ def _recv(conn: Connection) -> object:
     return pickle.loads(conn.recv_bytes())
 
 
+class _FairLock:
+    """A lock granted in arrival order: a releasing holder hands it to the longest waiter."""
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._waiters: deque[threading.Lock] = deque()
+        self._held = False
+
+    def __enter__(self) -> None:
+        with self._mutex:
+            if not self._held:
+                self._held = True
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiters.append(turn)
+        turn.acquire()  # released by the holder handing over: the lock stays held
+
+    def __exit__(self, *exc: object) -> None:
+        with self._mutex:
+            if self._waiters:
+                self._waiters.popleft().release()
+            else:
+                self._held = False
+
+
 class ProcessExecutor:
     """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
 
     def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
-                 capacity_bytes: int = 256 * 1024 * 1024) -> None:
+                 capacity_bytes: int = 256 * 1024 * 1024, store: Store | None = None) -> None:
         if next(backbone.parameters()).device.type != "cpu":
             raise ValueError("the executor process is for CPU serving; on a GPU use the in-process executor")
         self.device = torch.device("cpu")
         self.kernel, self.threads, self.capacity = kernel, threads, capacity_bytes
+        self.store = store  # reopened in the child: it loads tasks itself (see load)
         self._blob = backbone.to_bytes()
-        self._lock = threading.Lock()
+        self._lock = _FairLock()
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
@@ -108,8 +146,8 @@ class ProcessExecutor:
 
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.kernel, self.threads), name="nettailor-engine",
-                                 daemon=True)
+        proc = self._ctx.Process(target=_serve, args=(child, self.kernel, self.threads, self.store),
+                                 name="nettailor-engine", daemon=True)
         proc.start()
         child.close()
         t0 = time.perf_counter()
@@ -152,9 +190,14 @@ class ProcessExecutor:
 
     # -- batches --------------------------------------------------------------------------------
 
-    def _sync(self, frames: Frames) -> tuple[list[PreparedTask], list[int]]:
-        """Tasks the child lacks (sent with the batch), and uids it may drop (LRU beyond the budget)."""
-        new: list[PreparedTask] = []
+    def _hold(self, t: PreparedTask) -> None:
+        self._held[t.uid] = (t.nbytes, weakref.ref(t))
+        self._held_bytes += t.nbytes
+
+    def _sync(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
+        """Tasks the child lacks (sent with the batch: whole, or as what to load from the store), and
+        uids it may drop (LRU beyond the budget)."""
+        new: list[PreparedTask | Spec] = []
         used: set[int] = set()
         for _, tasks in frames:
             for t in tasks:
@@ -164,9 +207,8 @@ class ProcessExecutor:
                 if t.uid in self._held:
                     self._held.move_to_end(t.uid)
                 else:
-                    new.append(t)
-                    self._held[t.uid] = (t.nbytes, weakref.ref(t))
-                    self._held_bytes += t.nbytes
+                    new.append(t if t.resident else (t.uid, t.task_id, t.version, t.sha256))
+                    self._hold(t)
         evict = [uid for uid, (_, ref) in self._held.items() if ref() is None]
         for uid in evict:
             self._held_bytes -= self._held.pop(uid)[0]
@@ -177,6 +219,42 @@ class ProcessExecutor:
                 self._held_bytes -= self._held.pop(uid)[0]
                 evict.append(uid)
         return new, evict
+
+    def load(self, task_id: str, version: int, sha256: str) -> PreparedTask:
+        """A cold load in the child (:func:`server.cache.load_stored`): the child keeps the tensors, the
+        server gets the task's description.  Raises :class:`server.cache.LoadFailure`, or
+        :class:`EngineError` when the child dies loading (it is restarted; the load is not retried)."""
+        if self.store is None:
+            raise RuntimeError("this executor process has no store to load from")
+        uid = new_uid()
+        with self._lock:
+            if self._conn is None:
+                self._start()
+            assert self._conn is not None
+            try:
+                _send(self._conn, ("load", uid, task_id, version, sha256))
+                reply = _recv(self._conn)
+            except (EOFError, OSError) as e:
+                self._restart(e)
+                raise EngineError(f"the executor process died loading task {task_id!r}", retry_after=1) from None
+            assert isinstance(reply, tuple)
+            if reply[0] == "fail":
+                raise LoadFailure(*reply[1])
+            if reply[0] == "raise":
+                raise reply[1]
+            if reply[0] == "error":
+                raise EngineError(f"the executor process failed to load task {task_id!r}: {reply[1]}")
+            task = reply[1]
+            assert isinstance(task, PreparedTask) and task.uid == uid
+            self._hold(task)
+            return task
+
+    def _restart(self, why: BaseException) -> None:
+        code = self._proc.exitcode if self._proc is not None else None
+        self.restarts += 1
+        log.error("the executor process died (exit code %s, %s); starting a new one", code, why)
+        self._stop_child()
+        self._start()
 
     def run_frames(self, frames: Frames) -> list[list[Tensor]]:
         """Logits (CPU, float) for every (frame, task) pair, in order, computed in the child.
@@ -195,10 +273,7 @@ class ProcessExecutor:
                     reply = _recv(self._conn)
                 except (EOFError, OSError) as e:
                     code = self._proc.exitcode if self._proc is not None else None
-                    self.restarts += 1
-                    log.error("the executor process died (exit code %s, %s); starting a new one", code, e)
-                    self._stop_child()
-                    self._start()
+                    self._restart(e)
                     if attempt == 2:
                         raise EngineError(f"the executor process died twice running a batch (exit code {code})",
                                           retry_after=1) from None
@@ -213,8 +288,9 @@ class ProcessExecutor:
 # -- the child process ------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, kernel: str | None, threads: int) -> None:  # pragma: no cover - runs in the child
-    """The executor process: receive the backbone, then run batches until told to stop."""
+def _serve(conn: Connection, kernel: str | None, threads: int, store: Store | None) -> None:  # pragma: no cover
+    """The executor process (its coverage is the engine tests'): receive the backbone, then load
+    tasks and run batches until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
     torch.set_num_threads(threads)
     try:
@@ -225,6 +301,13 @@ def _serve(conn: Connection, kernel: str | None, threads: int) -> None:  # pragm
         return
     _send(conn, "ready")
     tasks: dict[int, PreparedTask] = {}
+
+    def load(spec: Spec) -> PreparedTask:
+        assert store is not None
+        uid, task_id, version, sha256 = spec
+        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, uid=uid)
+        return task
+
     while True:
         try:
             msg = _recv(conn)
@@ -233,12 +316,25 @@ def _serve(conn: Connection, kernel: str | None, threads: int) -> None:  # pragm
         assert isinstance(msg, tuple)
         if msg[0] == "stop":
             return
+        if msg[0] == "load":
+            try:
+                _send(conn, ("ok", load(msg[1:]).description()))
+            except LoadFailure as e:  # this task's stored bytes: remembered by the server's cache
+                _send(conn, ("fail", e.args))
+            except NetTailorError as e:  # the store is unreachable, or answers nonsense: the server raises it
+                _send(conn, ("raise", e))
+            except Exception as e:
+                _send(conn, ("error", f"{type(e).__name__}: {e}"))
+            continue
         _, new, evict, batch = msg
         for uid in evict:
             tasks.pop(uid, None)
-        for t in new:
-            tasks[t.uid] = t
         try:
+            for t in new:
+                if isinstance(t, PreparedTask):
+                    tasks[t.uid] = t
+                else:  # held by the child before it restarted: load it again
+                    load(t)
             frames = [(torch.from_numpy(x), [tasks[uid] for uid in uids]) for x, uids in batch]
             out = executor.run_frames(frames)
             _send(conn, ("ok", [[o.numpy() for o in row] for row in out]))

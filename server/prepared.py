@@ -20,7 +20,7 @@ The tensors are laid out for the executor's cross-task kernels (:mod:`server.ker
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import Tensor, nn
@@ -29,13 +29,19 @@ from blockstore import Backbone, Plan, Preprocess, TailoredNet, TaskPack
 from blockstore.frozen import block_bns
 from blockstore.proxy import PROXY_STAGES
 
-__all__ = ["Affine", "BNLayout", "FoldedProxy", "PreparedTask", "bn_layout", "fold_bn", "reference_net",
+__all__ = ["Affine", "BNLayout", "FoldedProxy", "PreparedTask", "bn_layout", "fold_bn", "new_uid", "reference_net",
            "shared_affines"]
 
 _uid = itertools.count(1)
+_EMPTY = torch.empty(0)
 Affine = tuple[Tensor, Tensor]
 _BN_EPS = nn.BatchNorm2d(1).eps  # what blockstore.Proxy's batch norms use
 BNLayout = list[dict[str, slice]]  # per block (0: the stem), BN name -> columns of the packed affine
+
+
+def new_uid() -> int:
+    """A task id unique in this process (the executor process keys its tasks by the server's ids)."""
+    return next(_uid)
 
 
 def fold_bn(weight: Tensor, bias: Tensor, mean: Tensor, var: Tensor, eps: float) -> Affine:
@@ -115,16 +121,21 @@ class PreparedTask:
     layer_bias: dict[int, Tensor]  # per layer with proxies: the sum of their (alpha-scaled) output biases
     head: Affine  # classifier weight transposed [C, classes], bias [classes]
     affines: dict[int, Tensor] | None  # block (0: stem) -> packed [2, D] folded BN; None: the backbone's own
-    nbytes: int = 0
+    num_classes: int = 0
+    nbytes: int = 0  # the bytes of its tensors (wherever they are held: see ``resident``)
     uid: int = field(default_factory=lambda: next(_uid))
+    resident: bool = True  # False: a description only; the executor process holds the tensors
 
-    @property
-    def num_classes(self) -> int:
-        return self.head[1].shape[0]
+    def description(self) -> PreparedTask:
+        """This task without its tensors, for the server process when the executor process holds them
+        (server.engine): what requests need (labels, preprocessing, version) and the same ``uid``."""
+        return replace(self, block_weight={}, proxies={}, layer_bias={}, head=(_EMPTY, _EMPTY), affines=None,
+                       resident=False)
 
     @classmethod
-    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int) -> PreparedTask:
-        """Validate ``pack`` against ``backbone`` (CorruptPack, BackboneMismatch) and fold it."""
+    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int, uid: int | None = None) -> PreparedTask:
+        """Validate ``pack`` against ``backbone`` (CorruptPack, BackboneMismatch) and fold it.  ``uid``:
+        the id another process gave the task's description (server.engine); default a new one."""
         pack.validate(backbone)
         dev = next(backbone.parameters()).device
         plan = pack.plan
@@ -153,7 +164,8 @@ class PreparedTask:
                            for b in kept}
             head = (t["head.weight"].t().contiguous(), t["head.bias"])
         task = cls(pack.task_id, version, pack.version, pack.sha256, list(pack.labels), pack.preprocess, plan,
-                   dict(pack.metrics), block_weight, proxies, layer_bias, head, affines)
+                   dict(pack.metrics), block_weight, proxies, layer_bias, head, affines, num_classes=head[1].shape[0],
+                   uid=next(_uid) if uid is None else uid)
         task.nbytes = sum(x.numel() * x.element_size() for x in task.tensors())
         return task
 

@@ -60,6 +60,7 @@ class Runtime:
     def close(self) -> None:
         self.subscription.close()
         self.batcher.close()
+        self.cache.close()
 
 
 def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
@@ -69,17 +70,22 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     except CorruptBackbone:
         metrics.integrity_failures.labels("backbone").inc()
         raise
-    cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s)
     device = next(backbone.parameters()).device
     workers, threads = executor_parallelism(settings.executor_workers, settings.torch_threads)
     torch.set_num_threads(threads)
     executor: Executor | ProcessExecutor
     process = settings.executor_process if settings.executor_process is not None else (os.cpu_count() or 1) >= 2
     if process and device.type == "cpu":
+        # The executor process also makes the cold loads, from its own connection to the store: pack
+        # bytes and tensors never enter the server process, which keeps only each task's description.
         executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
-                                   capacity_bytes=settings.cache_bytes)
+                                   capacity_bytes=settings.cache_bytes, store=store)
+        prepare = executor.load
     else:
         executor = Executor(backbone, kernel=settings.executor_kernel)
+        prepare = None
+    cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s,
+                      prepare=prepare, load_threads=settings.load_threads)
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics, workers=workers)
     aliases = AliasTable(store)
@@ -98,6 +104,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         subscription = store.subscribe(on_event)
     except BaseException:
         batcher.close()
+        cache.close()
         raise
     inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
                           max_tasks=settings.max_tasks_per_request, aliases=aliases)

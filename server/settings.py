@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present")
     backbone: str | None = Field(None, description="backbone id to serve; default the store's default backbone")
     cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="pack cache budget in bytes of device tensors")
+    load_threads: int = Field(4, ge=1, description="cold loads of the pack cache in flight at once (on the CPU they "
+                              "run in the executor process); more only queue there")
     max_queue: int = Field(256, ge=1, description="samples waiting for the executor before 'overloaded'")
     max_batch: int = Field(32, ge=1, description="most samples per executor call (and per batch request)")
     batch_window_ms: float = Field(2.0, ge=0, description="how long the first sample of a batch waits for company")

@@ -24,14 +24,14 @@ def _cache(store: DirStore, backbone, capacity: int = 1 << 30, **kw) -> PackCach
 def test_fifty_concurrent_first_requests_load_once(client, store, make_pack, monkeypatch) -> None:
     store.register("t1", make_pack("t1").to_bytes())
     server_store = client.app.state.store
-    real, calls = server_store.get_pack, []
+    real, calls = server_store.get_pack_bytes, []
 
-    def slow_get_pack(task_id: str):  # type: ignore[no-untyped-def]
+    def slow_get_pack_bytes(sha256: str, task_id: str | None = None) -> bytes:
         calls.append(task_id)
         time.sleep(0.3)  # a wide window for the other 49 to miss too
-        return real(task_id)
+        return real(sha256, task_id)
 
-    monkeypatch.setattr(server_store, "get_pack", slow_get_pack)
+    monkeypatch.setattr(server_store, "get_pack_bytes", slow_get_pack_bytes)
     img = image_bytes()
 
     async def fire() -> list[int]:
@@ -50,13 +50,13 @@ def test_single_flight_across_threads(store, backbone, make_pack) -> None:
     store.register("t1", make_pack("t1").to_bytes())
     gate = threading.Event()
     cache = _cache(store, backbone)
-    real = cache._load_fn
+    real = cache._prepare
 
-    def loader(tid: str) -> PreparedTask:
+    def loader(tid: str, version: int, sha256: str) -> PreparedTask:
         gate.wait(5)
-        return real(tid)
+        return real(tid, version, sha256)
 
-    cache._load_fn = loader
+    cache._prepare = loader
     leases: list = []
     threads = [threading.Thread(target=lambda: leases.append(cache.lease("t1"))) for _ in range(20)]
     for t in threads:
@@ -111,15 +111,15 @@ def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -
     store.register("t1", make_pack("t1", seed=1).to_bytes())
     cache = _cache(store, backbone)
     started, go = threading.Event(), threading.Event()
-    real = cache._load_fn
+    real = cache._prepare
 
-    def loader(tid: str) -> PreparedTask:
-        task = real(tid)  # reads version 1
+    def loader(tid: str, version: int, sha256: str) -> PreparedTask:
+        task = real(tid, version, sha256)  # reads version 1
         started.set()
         go.wait(5)
         return task
 
-    cache._load_fn = loader
+    cache._prepare = loader
     t = threading.Thread(target=lambda: cache.lease("t1").release())
     t.start()
     assert started.wait(5)
@@ -128,7 +128,7 @@ def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -
     go.set()
     t.join(5)
     assert cache.cached_tasks() == []
-    cache._load_fn = real
+    cache._prepare = real
     with cache.lease("t1") as lease:
         assert lease.task.version == 2
 

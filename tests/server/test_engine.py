@@ -4,13 +4,19 @@ tasks it holds, and survives its own death."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 
 import pytest
 import torch
 
-from server.engine import ProcessExecutor
+from blockstore import DirStore
+from server.cache import LoadFailure, PackCache
+from server.engine import ProcessExecutor, _FairLock
+from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
+from server.metrics import Metrics
+from tests.conftest import flip_stored_byte
 
 
 @pytest.fixture
@@ -95,6 +101,90 @@ def test_the_server_answers_through_the_process(serve, store, make_pack, backbon
         assert all(abs(p["prob"] - float(ref[p["index"]])) < 1e-4 for p in r.json()["predictions"])
         engine = client.app.state.batcher.executor
     assert engine.pid is None  # stopped with the app
+
+
+@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
+def any_store(request, tmp_path, backbone):  # type: ignore[no-untyped-def]
+    store = DirStore(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("redis_store")
+    store.put_backbone(backbone.to_bytes())
+    return store
+
+
+def test_a_store_pickles_as_a_second_handle_on_the_same_data(any_store, make_pack) -> None:  # type: ignore[no-untyped-def]
+    twin = pickle.loads(pickle.dumps(any_store))  # what the executor process opens
+    rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
+    assert type(twin) is type(any_store) and twin.get_record("t1") == rec
+    assert twin.get_pack_bytes(rec.sha256) == any_store.get_pack_bytes(rec.sha256)
+
+
+def test_cold_loads_run_in_the_process_and_the_server_keeps_descriptions(any_store, backbone,  # type: ignore[no-untyped-def]
+                                                                        make_pack) -> None:
+    packs = [make_pack(f"t{i}", num_classes=3 + i, seed=i) for i in range(3)]
+    shas = [any_store.register(p.task_id, p.to_bytes())[0].sha256 for p in packs]
+    local = [PreparedTask.from_pack(p, backbone, version=1) for p in packs]
+    ex = ProcessExecutor(backbone, store=any_store)
+    try:
+        descs = [ex.load(p.task_id, 1, sha) for p, sha in zip(packs, shas)]
+        for d, t in zip(descs, local):
+            assert not d.resident and sum(x.numel() for x in d.tensors()) == 0  # no tensors in the server
+            assert (d.nbytes, d.num_classes, d.labels, d.sha256) == (t.nbytes, t.num_classes, t.labels, t.sha256)
+        want = Executor(backbone).run_frames(_frames(local))
+
+        def check() -> None:
+            got = ex.run_frames(_frames(descs))
+            assert all(torch.allclose(g, w, atol=1e-5) for gr, wr in zip(got, want) for g, w in zip(gr, wr))
+
+        check()
+        os.kill(ex.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        check()  # the new child loads the tasks it lacks from the store, with the batch
+        assert ex.restarts == 1
+    finally:
+        ex.close()
+
+
+def test_a_corrupt_pack_fails_its_load_in_the_process(any_store, backbone, make_pack) -> None:  # type: ignore[no-untyped-def]
+    """The digest is checked where the bytes are read (the child); the server counts and answers it."""
+    good, _ = any_store.register("good", make_pack("good", seed=1).to_bytes())
+    bad, _ = any_store.register("bad", make_pack("bad", seed=2).to_bytes())
+    flip_stored_byte(any_store, bad.sha256, len(any_store.get_pack_bytes(bad.sha256)) - 3)
+    ex = ProcessExecutor(backbone, store=any_store)
+    metrics = Metrics()
+    cache = PackCache(any_store, backbone, 1 << 30, metrics, prepare=ex.load)
+    try:
+        with pytest.raises(LoadFailure) as e:
+            ex.load("bad", 1, bad.sha256)
+        assert e.value.integrity and "hash" in e.value.detail
+        with pytest.raises(TaskUnavailable, match="cannot be served"):
+            cache.lease("bad")
+        assert metrics.integrity_failures.labels("pack")._value.get() == 1
+        with cache.lease("good") as lease:  # the other task is unaffected
+            assert lease.task.sha256 == good.sha256 and not lease.task.resident
+            (row,) = ex.run_frames([(torch.randn(3, 32, 32), [lease.task])])
+            assert row[0].shape == (3,)
+    finally:
+        cache.close()
+        ex.close()
+
+
+def test_the_fair_lock_is_granted_in_arrival_order() -> None:
+    import threading
+    import time
+
+    lock, order = _FairLock(), []
+    lock.__enter__()
+    threads = []
+    for i in range(4):
+        def take(i: int = i) -> None:
+            with lock:
+                order.append(i)
+        threads.append(threading.Thread(target=take))
+        threads[-1].start()
+        while len(lock._waiters) < i + 1:  # each waits before the next arrives
+            time.sleep(0.001)
+    lock.__exit__()
+    for t in threads:
+        t.join(5)
+    assert order == [0, 1, 2, 3] and not lock._held
 
 
 def test_a_gpu_backbone_is_refused(backbone) -> None:  # type: ignore[no-untyped-def]
