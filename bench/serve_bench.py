@@ -158,6 +158,15 @@ def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], di
         point["cross_task_share"] = mixed / tot if tot else 0.0
         point["mean_batch"] = tot / max(1.0, metric_sum(after, "nettailor_batch_size_count")
                                          - metric_sum(before, "nettailor_batch_size_count"))
+        def delta(name: str) -> float:
+            return metric_sum(after, name) - metric_sum(before, name)
+
+        # Cold loads: how often a request missed the pack cache, and what one load cost.
+        hits, misses, loads = (delta("nettailor_cache_hits_total"), delta("nettailor_cache_misses_total"),
+                               delta("nettailor_pack_load_seconds_count"))
+        point["cache_miss_share"] = misses / max(1.0, hits + misses)
+        point["pack_loads_per_s"] = loads / args.seconds
+        point["pack_load_mean_ms"] = 1000.0 * delta("nettailor_pack_load_seconds_sum") / max(1.0, loads)
     return point
 
 
@@ -169,7 +178,8 @@ def _profile(pid: int, args: argparse.Namespace) -> subprocess.Popen:
     # cut the served rate to a fifth); its own messages go to serve_profile.log.
     with open(out.with_suffix(".log"), "wb") as log:
         return subprocess.Popen([spy, "record", "--pid", str(pid), "--duration", str(int(args.seconds)),
-                                 "--rate", "100", "--nonblocking", *(["--gil"] if args.profile_gil else []),
+                                 "--rate", "100", "--nonblocking", "--subprocesses",  # the executor process too
+                                 *(["--gil"] if args.profile_gil else []),
                                  "--format", "raw", "--output",
                                  str(out.with_suffix(".txt"))], stdout=log, stderr=subprocess.STDOUT)
 
