@@ -107,6 +107,33 @@ def test_lru_is_bounded_in_bytes(store, backbone, make_pack) -> None:
     assert tiny.cached_tasks() == [] and tiny.nbytes == 0
 
 
+def test_a_rarely_asked_task_does_not_push_out_a_popular_one(store, backbone, make_pack) -> None:
+    """Admission (TinyLFU): with room for two, t0 asked for three times stays when t2, asked for once,
+    arrives; t2 is still answered, and kept once it is asked for as often as the least recent entry."""
+    for i in range(3):
+        store.register(f"t{i}", make_pack(f"t{i}", seed=i).to_bytes())
+    one = _cache(store, backbone).lease("t0").task.nbytes
+    cache = _cache(store, backbone, capacity=int(2.5 * one))
+    for tid in ("t1", "t0", "t0", "t0", "t1"):  # t0 is the least recently used, and the most popular
+        cache.lease(tid).release()
+    with cache.lease("t2") as lease:
+        assert lease.task.task_id == "t2"
+    assert sorted(cache.cached_tasks()) == ["t0", "t1"]
+    assert cache.metrics.cache_evictions.labels("admission")._value.get() == 1
+    for _ in range(3):
+        cache.lease("t2").release()  # now asked for as often as t0: it takes the least recent place
+    assert sorted(cache.cached_tasks()) == ["t1", "t2"]
+
+
+def test_popularity_forgets_ids_asked_for_long_ago() -> None:
+    from server.cache import _Popularity
+
+    pop = _Popularity(min_window=100)
+    for i in range(10_000):  # 10,000 distinct ids, each asked for once
+        pop.touch(f"id-{i}", entries=5)
+    assert len(pop) <= 100 and pop["id-0"] == 0
+
+
 def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -> None:
     store.register("t1", make_pack("t1", seed=1).to_bytes())
     cache = _cache(store, backbone)
