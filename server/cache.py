@@ -79,11 +79,36 @@ class LoadFailure(Exception):
         self.detail, self.code, self.integrity, self.gone = detail, code, integrity, gone
 
 
+class _Validated:
+    """(backbone id, pack digest) pairs that passed validation in this process, the most recent
+    ``size``.  A reload of such a pack skips validation: its bytes were just verified against the
+    digest, so they are the very bytes that passed (validation was 0.35 of a 3.1 ms load)."""
+
+    def __init__(self, size: int = 8192) -> None:
+        self.size = size
+        self._keys: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._keys
+
+    def add(self, key: tuple[str, str]) -> None:
+        with self._lock:
+            self._keys[key] = None
+            self._keys.move_to_end(key)
+            while len(self._keys) > self.size:
+                self._keys.popitem(last=False)
+
+
+_VALIDATED = _Validated()
+
+
 def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, *,
                 uid: int | None = None) -> PreparedTask:
     """The one definition of a cold load: fetch the bytes stored under ``sha256`` (verified by the
-    store), parse, validate against ``backbone`` and fold.  Runs in the server process, or on the CPU
-    in the executor process (server.engine).  Raises :class:`LoadFailure`."""
+    store), parse, validate against ``backbone`` (once per digest and process) and fold.  Runs in the
+    server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`."""
     try:
         data = store.get_pack_bytes(sha256, task_id)
     except DigestMismatch as e:
@@ -94,7 +119,10 @@ def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sh
         pack = TaskPack.from_bytes(data, backbone_id=backbone.backbone_id, verified_sha256=sha256)
         if pack.task_id != task_id:
             raise PackError(f"the stored pack names task {pack.task_id!r}")
-        return PreparedTask.from_pack(pack, backbone, version=version, uid=uid)
+        key = (backbone.backbone_id, sha256)
+        task = PreparedTask.from_pack(pack, backbone, version=version, uid=uid, validated=key in _VALIDATED)
+        _VALIDATED.add(key)
+        return task
     except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
         why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
         code = e.code if isinstance(e, PackError) else type(e).__name__

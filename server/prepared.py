@@ -133,10 +133,13 @@ class PreparedTask:
                        resident=False)
 
     @classmethod
-    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int, uid: int | None = None) -> PreparedTask:
+    def from_pack(cls, pack: TaskPack, backbone: Backbone, *, version: int, uid: int | None = None,
+                  validated: bool = False) -> PreparedTask:
         """Validate ``pack`` against ``backbone`` (CorruptPack, BackboneMismatch) and fold it.  ``uid``:
-        the id another process gave the task's description (server.engine); default a new one."""
-        pack.validate(backbone)
+        the id another process gave the task's description (server.engine); default a new one.
+        ``validated``: the caller vouches that these exact bytes passed against this backbone."""
+        if not validated:
+            pack.validate(backbone)
         dev = next(backbone.parameters()).device
         plan = pack.plan
         with torch.inference_mode():
