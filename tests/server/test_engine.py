@@ -10,9 +10,9 @@ import signal
 import pytest
 import torch
 
-from blockstore import DirStore
+from blockstore import DirStore, RedisStore, StoreUnavailable
 from server.cache import LoadFailure, PackCache
-from server.engine import ProcessExecutor, _FairLock
+from server.engine import EngineError, ProcessExecutor, _FairLock
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.metrics import Metrics
@@ -164,6 +164,27 @@ def test_a_corrupt_pack_fails_its_load_in_the_process(any_store, backbone, make_
     finally:
         cache.close()
         ex.close()
+
+
+def test_a_load_meets_a_dead_process_or_a_store_that_is_down(store, backbone, make_pack) -> None:  # type: ignore[no-untyped-def]
+    rec, _ = store.register("t1", make_pack("t1").to_bytes())
+    ex = ProcessExecutor(backbone, store=store)
+    try:
+        old = ex.pid
+        os.kill(old, signal.SIGKILL)  # type: ignore[arg-type]
+        with pytest.raises(EngineError, match="died loading"):
+            ex.load("t1", 1, rec.sha256)
+        assert ex.pid not in (None, old) and ex.restarts == 1  # replaced at once, not at the next batch
+        assert ex.load("t1", 1, rec.sha256).task_id == "t1"
+    finally:
+        ex.close()
+    down = ProcessExecutor(backbone, store=RedisStore("redis://127.0.0.1:1/0", connect_timeout=0.2))
+    try:  # the store's own error crosses the pipe as itself (503 store_unavailable), not as a crash
+        with pytest.raises(StoreUnavailable):
+            down.load("t1", 1, rec.sha256)
+        assert down.restarts == 0
+    finally:
+        down.close()
 
 
 def test_the_fair_lock_is_granted_in_arrival_order() -> None:
