@@ -81,7 +81,9 @@ def test_bytes_round_trip_is_deterministic_and_identified(backbone):
     assert again.backbone_id == backbone.backbone_id == __import__("hashlib").sha256(data).hexdigest()
     assert again.config == backbone.config
     x = torch.randn(2, 3, 32, 32)
-    assert torch.equal(again.eval()(x), backbone.eval()(x))
+    # Close, not bit-equal: the session's backbone may have been made channels-last by an executor
+    # (server tests), which picks other convolution kernels than the fresh copy's.
+    assert torch.allclose(again.eval()(x), backbone.eval()(x), atol=1e-5)
 
 
 def test_from_bytes_refuses_garbage_and_packs(backbone, make_pack):
