@@ -191,7 +191,7 @@ _PHASES = (  # first match wins, checked from the innermost frame outwards
     ("response", ("_top_k", "serialize_response", "jsonable_encoder", "pydantic", "_json_response")),
     ("batcher hand-off", ("server/batching.py",)),
     ("metrics", ("prometheus_client", "server/metrics.py")),
-    ("pack cache", ("server/cache.py",)),
+    ("pack cache", ("server/cache.py", "server/loading.py", "server/admission.py")),
 )
 
 

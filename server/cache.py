@@ -6,7 +6,7 @@
 * **Cold loads off the hot path**: a coroutine's miss runs in one of ``load_threads`` loader threads;
   with the executor in its own process (the CPU default), the load itself runs there
   (``prepare``, :meth:`server.engine.ProcessExecutor.load`) and the cache holds each task's
-  description, without tensors.  :func:`load_stored` is the one definition of a load.
+  description, without tensors.  :func:`server.loading.load_stored` is the one definition of a load.
 * **Reference counts**: a request holds a :class:`Lease` while its sample runs.  Prepared tasks are
   never mutated; an update or delete only unlinks the entry, and an entry still leased is kept
   (and its bytes counted) until the last lease is released.
@@ -33,30 +33,25 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from blockstore import (
     ALIAS_EVENTS,
     Backbone,
-    BackboneMismatch,
-    DigestMismatch,
-    PackError,
     PackNotFound,
     Store,
     StoreEvent,
-    TaskPack,
 )
 
+from .admission import Popularity
 from .errors import TaskUnavailable
 from .executor import PreparedTask
+from .loading import LoadFailure, Prepare, load_stored
 from .metrics import Metrics
 
-__all__ = ["Lease", "LoadFailure", "PackCache", "Prepare", "load_stored", "pinned_key", "split_key"]
+__all__ = ["Lease", "PackCache", "pinned_key", "split_key"]
 
 log = logging.getLogger(__name__)
-
-Prepare = Callable[[str, int, str], PreparedTask]  # (task id, version, sha256) -> the task, or LoadFailure
 
 
 def pinned_key(task_id: str, version: int) -> str:
@@ -68,95 +63,6 @@ def split_key(key: str) -> tuple[str, int | None]:
     """``(task_id, version)`` of a cache key; version None for the task's current version."""
     task_id, _, version = key.partition("@")
     return task_id, int(version) if version else None
-
-
-class LoadFailure(Exception):
-    """A stored version that cannot be served: ``detail`` says why.  ``integrity``: its bytes failed
-    their digest; ``gone``: no bytes are stored under the digest (collected after a change)."""
-
-    def __init__(self, detail: str, code: str, integrity: bool = False, gone: bool = False) -> None:
-        super().__init__(detail, code, integrity, gone)  # args round-trip: it crosses the executor pipe
-        self.detail, self.code, self.integrity, self.gone = detail, code, integrity, gone
-
-
-class _Validated:
-    """Packs that passed validation in this process against a backbone, the most recent ``size``.  A
-    reload of such a pack skips validation: its bytes were just verified against the digest, so they
-    are the very bytes that passed (validation was 0.35 of a 3.1 ms load).  Keys are 40 raw bytes (a
-    backbone id prefix and the pack digest), about 170 bytes an entry."""
-
-    def __init__(self, size: int = 2048) -> None:
-        self.size = size
-        self._keys: OrderedDict[bytes, None] = OrderedDict()
-        self._lock = threading.Lock()
-
-    @staticmethod
-    def key(backbone_id: str, sha256: str) -> bytes:
-        return bytes.fromhex(backbone_id[:16] + sha256)
-
-    def __contains__(self, key: bytes) -> bool:
-        with self._lock:
-            return key in self._keys
-
-    def add(self, key: bytes) -> None:
-        with self._lock:
-            self._keys[key] = None
-            self._keys.move_to_end(key)
-            while len(self._keys) > self.size:
-                self._keys.popitem(last=False)
-
-
-_VALIDATED = _Validated()
-
-
-def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, *,
-                uid: int | None = None) -> PreparedTask:
-    """The one definition of a cold load: fetch the bytes stored under ``sha256`` (verified by the
-    store), parse, validate against ``backbone`` (once per digest and process) and fold.  Runs in the
-    server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`."""
-    try:
-        data = store.get_pack_bytes(sha256, task_id)
-    except DigestMismatch as e:
-        raise LoadFailure(f"task {task_id!r} cannot be served: {e.detail}", e.code, integrity=True) from None
-    except PackNotFound as e:
-        raise LoadFailure(e.detail, e.code, gone=True) from None
-    try:
-        pack = TaskPack.from_bytes(data, backbone_id=backbone.backbone_id, verified_sha256=sha256)
-        if pack.task_id != task_id:
-            raise PackError(f"the stored pack names task {pack.task_id!r}")
-        key = _Validated.key(backbone.backbone_id, sha256)
-        task = PreparedTask.from_pack(pack, backbone, version=version, uid=uid, validated=key in _VALIDATED)
-        _VALIDATED.add(key)
-        return task
-    except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
-        why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
-        code = e.code if isinstance(e, PackError) else type(e).__name__
-        raise LoadFailure(f"task {task_id!r} cannot be served: its stored pack (version {version}) {why}: "
-                          f"{getattr(e, 'detail', e)}", code) from None
-
-
-class _Popularity:
-    """How often each key was asked for lately (TinyLFU's frequency, counted exactly and aged): after
-    every ``10 x entries`` requests (at least ``min_window``), every count halves and zeros are
-    forgotten, so it holds about the keys of the last window, not every id ever seen."""
-
-    def __init__(self, min_window: int = 1024) -> None:
-        self.min_window = min_window
-        self._counts: dict[str, int] = {}
-        self._seen = 0
-
-    def touch(self, key: str, entries: int) -> None:
-        self._counts[key] = self._counts.get(key, 0) + 1
-        self._seen += 1
-        if self._seen >= max(self.min_window, 10 * entries):
-            self._seen = 0
-            self._counts = {k: c // 2 for k, c in self._counts.items() if c > 1}
-
-    def __getitem__(self, key: str) -> int:
-        return self._counts.get(key, 0)
-
-    def __len__(self) -> int:
-        return len(self._counts)
 
 
 class _Entry:
@@ -217,7 +123,7 @@ class PackCache:
         self._gen: dict[str, int] = {}
         self._failures: dict[str, tuple[float, BaseException]] = {}
         self._pending: dict[str, asyncio.Future[_Entry]] = {}  # event-loop side of single flight
-        self._popularity = _Popularity()
+        self._popularity = Popularity()
         self.loads = 0
 
     # -- public ----------------------------------------------------------------------------

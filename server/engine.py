@@ -14,7 +14,7 @@ and runs the real executor:
 * a batch crosses a pipe as NumPy arrays (the frames in, the logits out): a pickle of plain
   buffers, no torch serialisation and no shared-memory handle per tensor;
 * with a store (the server's default), the child also makes the pack cache's cold loads
-  (:func:`server.cache.load_stored`: fetch, verify, validate, fold) and keeps the tensors; the server
+  (:func:`server.loading.load_stored`: fetch, verify, validate, fold) and keeps the tensors; the server
   keeps only each task's description (:meth:`PreparedTask.description`), so pack bytes and tensors
   never enter the server process, whose GIL the event loop needs (measured at N = 1,000 tasks: a
   4 ms load took 20-270 ms in the server process, and half its memory was a second copy of the tasks);
@@ -53,9 +53,9 @@ from torch import Tensor
 
 from blockstore import Backbone, NetTailorError, Store
 
-from .cache import LoadFailure, load_stored
 from .errors import Overloaded
 from .executor import Executor, PreparedTask
+from .loading import LoadFailure, load_stored
 from .prepared import new_uid
 
 __all__ = ["EngineError", "ProcessExecutor"]
@@ -221,8 +221,8 @@ class ProcessExecutor:
         return new, evict
 
     def load(self, task_id: str, version: int, sha256: str) -> PreparedTask:
-        """A cold load in the child (:func:`server.cache.load_stored`): the child keeps the tensors, the
-        server gets the task's description.  Raises :class:`server.cache.LoadFailure`, or
+        """A cold load in the child (:func:`server.loading.load_stored`): the child keeps the tensors, the
+        server gets the task's description.  Raises :class:`server.loading.LoadFailure`, or
         :class:`EngineError` when the child dies loading (it is restarted; the load is not retried)."""
         if self.store is None:
             raise RuntimeError("this executor process has no store to load from")

@@ -125,33 +125,6 @@ def test_a_rarely_asked_task_does_not_push_out_a_popular_one(store, backbone, ma
     assert sorted(cache.cached_tasks()) == ["t1", "t2"]
 
 
-def test_a_digest_is_validated_once_per_process(store, backbone, make_pack, monkeypatch) -> None:
-    from server import cache as cache_mod
-
-    rec, _ = store.register("t1", make_pack("t1").to_bytes())
-    calls: list[str] = []
-    real = TaskPack.validate
-    monkeypatch.setattr(TaskPack, "validate", lambda self, bb: (calls.append(self.task_id), real(self, bb))[1])
-    monkeypatch.setattr(cache_mod, "_VALIDATED", cache_mod._Validated(size=2))
-    for _ in range(3):  # the digest is verified on every load; validation runs on the first only
-        task = cache_mod.load_stored(store, backbone, "t1", rec.version, rec.sha256)
-    assert calls == ["t1"] and task.task_id == "t1"
-    for i in range(2):  # pushed out of the bounded memo: validated again
-        r, _ = store.register(f"o{i}", make_pack(f"o{i}", seed=i + 5).to_bytes())
-        cache_mod.load_stored(store, backbone, f"o{i}", r.version, r.sha256)
-    cache_mod.load_stored(store, backbone, "t1", rec.version, rec.sha256)
-    assert calls == ["t1", "o0", "o1", "t1"]
-
-
-def test_popularity_forgets_ids_asked_for_long_ago() -> None:
-    from server.cache import _Popularity
-
-    pop = _Popularity(min_window=100)
-    for i in range(10_000):  # 10,000 distinct ids, each asked for once
-        pop.touch(f"id-{i}", entries=5)
-    assert len(pop) <= 100 and pop["id-0"] == 0
-
-
 def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -> None:
     store.register("t1", make_pack("t1", seed=1).to_bytes())
     cache = _cache(store, backbone)

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from blockstore import DirStore, RedisStore, StoreUnavailable
-from server.cache import LoadFailure, PackCache
+from server.cache import PackCache
 from server.engine import EngineError, ProcessExecutor, _FairLock
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
+from server.loading import LoadFailure
 from server.metrics import Metrics
 from tests.conftest import flip_stored_byte
 
