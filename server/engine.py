@@ -138,6 +138,7 @@ class ProcessExecutor:
         # child with the next batch, so the child never holds more than the server does.
         self._held: OrderedDict[int, tuple[int, weakref.ref[PreparedTask]]] = OrderedDict()
         self._held_bytes = 0
+        self._gone: deque[int] = deque()  # uids whose server object died (weakref callbacks, any thread)
         self.restarts = 0
         with self._lock:
             self._start()
@@ -191,7 +192,8 @@ class ProcessExecutor:
     # -- batches --------------------------------------------------------------------------------
 
     def _hold(self, t: PreparedTask) -> None:
-        self._held[t.uid] = (t.nbytes, weakref.ref(t))
+        uid = t.uid
+        self._held[uid] = (t.nbytes, weakref.ref(t, lambda _ref: self._gone.append(uid)))
         self._held_bytes += t.nbytes
 
     def _sync(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
@@ -209,15 +211,20 @@ class ProcessExecutor:
                 else:
                     new.append(t if t.resident else (t.uid, t.task_id, t.version, t.sha256))
                     self._hold(t)
-        evict = [uid for uid, (_, ref) in self._held.items() if ref() is None]
-        for uid in evict:
-            self._held_bytes -= self._held.pop(uid)[0]
-        for uid in list(self._held):  # least recently used first
-            if self._held_bytes <= self.capacity:
-                break
-            if uid not in used:
-                self._held_bytes -= self._held.pop(uid)[0]
+        evict: list[int] = []
+        while self._gone:  # let go by the server since the last batch: no scan of every held task
+            uid = self._gone.popleft()
+            held = self._held.pop(uid, None)  # None: cleared by a restart meanwhile
+            if held is not None:
+                self._held_bytes -= held[0]
                 evict.append(uid)
+        if self._held_bytes > self.capacity:  # over the budget: least recently used first
+            for uid in list(self._held):
+                if self._held_bytes <= self.capacity:
+                    break
+                if uid not in used:
+                    self._held_bytes -= self._held.pop(uid)[0]
+                    evict.append(uid)
         return new, evict
 
     def load(self, task_id: str, version: int, sha256: str) -> PreparedTask:
@@ -249,12 +256,14 @@ class ProcessExecutor:
             self._hold(task)
             return task
 
-    def _restart(self, why: BaseException) -> None:
+    def _restart(self, why: BaseException) -> int | None:
+        """Replace a dead child; its exit code."""
         code = self._proc.exitcode if self._proc is not None else None
         self.restarts += 1
         log.error("the executor process died (exit code %s, %s); starting a new one", code, why)
         self._stop_child()
         self._start()
+        return code
 
     def run_frames(self, frames: Frames) -> list[list[Tensor]]:
         """Logits (CPU, float) for every (frame, task) pair, in order, computed in the child.
@@ -272,8 +281,7 @@ class ProcessExecutor:
                     _send(self._conn, ("run", new, evict, batch))
                     reply = _recv(self._conn)
                 except (EOFError, OSError) as e:
-                    code = self._proc.exitcode if self._proc is not None else None
-                    self._restart(e)
+                    code = self._restart(e)
                     if attempt == 2:
                         raise EngineError(f"the executor process died twice running a batch (exit code {code})",
                                           retry_after=1) from None
