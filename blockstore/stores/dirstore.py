@@ -35,7 +35,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from ..backbone import validate_backbone_bytes
 from ..errors import CorruptRecord, StoreUnavailable, TaskNotFound
@@ -66,7 +65,6 @@ class DirStore(Store):
         self.poll_interval = poll_interval
         self.keep_versions = keep_versions
         self._mutex = threading.Lock()
-        self._options: dict[str, Any] = {"poll_interval": poll_interval, "keep_versions": keep_versions}
         try:
             for sub in ("backbones", "packs", "tasks"):
                 (self.root / sub).mkdir(parents=True, exist_ok=True)
@@ -75,7 +73,8 @@ class DirStore(Store):
 
     def __reduce__(self) -> tuple:
         """Pickled as how to open it again (the executor process reads packs from its own handle)."""
-        return functools.partial(DirStore, **self._options), (self.root,)
+        reopen = functools.partial(DirStore, poll_interval=self.poll_interval, keep_versions=self.keep_versions)
+        return reopen, (self.root,)
 
     # -- files -----------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ import random
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import redis
@@ -74,6 +74,7 @@ class RedisStore(Store):
         self.prefix = prefix or in_url or "nt:"
         clean = urlunsplit(parts._replace(query=urlencode(query, doseq=True)))
         self.url = url
+        self.socket_timeout, self.connect_timeout = socket_timeout, connect_timeout
         self.keep_versions = keep_versions
         self.max_attempts = max_attempts
         # One immediate retry covers a pooled connection that went stale (Redis restarted); more,
@@ -81,13 +82,12 @@ class RedisStore(Store):
         self._client = redis.Redis.from_url(clean, socket_timeout=socket_timeout,
                                             socket_connect_timeout=connect_timeout, retry=Retry(NoBackoff(), 1))
         self._sweep_script = self._client.register_script(SWEEP)
-        self._options: dict[str, Any] = {"prefix": self.prefix, "socket_timeout": socket_timeout,
-                                         "connect_timeout": connect_timeout, "keep_versions": keep_versions,
-                                         "max_attempts": max_attempts}
 
     def __reduce__(self) -> tuple:
         """Pickled as how to open it again: another process (the executor's) gets its own connection."""
-        return functools.partial(RedisStore, **self._options), (self.url,)
+        return functools.partial(RedisStore, prefix=self.prefix, socket_timeout=self.socket_timeout,
+                                 connect_timeout=self.connect_timeout, keep_versions=self.keep_versions,
+                                 max_attempts=self.max_attempts), (self.url,)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
