@@ -212,6 +212,4 @@ class Batcher:
         with self._cond:
             left, self._queue = list(self._queue), deque()
         self._settle_all([(job, None, Overloaded("the server is shutting down")) for job in left])
-        close = getattr(self.executor, "close", None)  # an executor process stops with its batcher
-        if close is not None:
-            close()
+        self.executor.close()  # an executor process stops with its batcher

@@ -182,6 +182,9 @@ class Executor:
 
     # -- public --------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Nothing to release: the interface :class:`server.engine.ProcessExecutor` shares."""
+
     def run_frames(self, frames: Sequence[Frame]) -> list[list[Tensor]]:
         """Logits (CPU, float) for every (frame, task) pair, in order: all the frames, whatever their
         tasks, share one pass per input shape."""

@@ -123,7 +123,7 @@ class PreparedTask:
     affines: dict[int, Tensor] | None  # block (0: stem) -> packed [2, D] folded BN; None: the backbone's own
     num_classes: int = 0
     nbytes: int = 0  # the bytes of its tensors (wherever they are held: see ``resident``)
-    uid: int = field(default_factory=lambda: next(_uid))
+    uid: int = field(default_factory=new_uid)
     resident: bool = True  # False: a description only; the executor process holds the tensors
 
     def description(self) -> PreparedTask:
@@ -168,7 +168,7 @@ class PreparedTask:
             head = (t["head.weight"].t().contiguous(), t["head.bias"])
         task = cls(pack.task_id, version, pack.version, pack.sha256, list(pack.labels), pack.preprocess, plan,
                    dict(pack.metrics), block_weight, proxies, layer_bias, head, affines, num_classes=head[1].shape[0],
-                   uid=next(_uid) if uid is None else uid)
+                   uid=new_uid() if uid is None else uid)
         task.nbytes = sum(x.numel() * x.element_size() for x in task.tensors())
         return task
 
