@@ -180,9 +180,7 @@ def main() -> None:
         if args.out:
             with open(args.out, "w") as f:
                 json.dump(summary, f, indent=2)
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
+        executor.close()
     finally:
         keys = list(store._client.scan_iter(match=f"{store.prefix}*"))
         if keys:
