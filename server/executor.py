@@ -100,6 +100,8 @@ class _Batch:
             return t
         if rows[-1] - rows[0] + 1 == len(rows):
             return t[rows[0] : rows[-1] + 1]
+        if t.dim() == 4:  # gathered as channels-last rows, so the result stays channels-last
+            return t.permute(0, 2, 3, 1).index_select(0, self.index(rows)).permute(0, 3, 1, 2)
         return t.index_select(0, self.index(rows))
 
     def pooled(self, nodes: list[Tensor | None], src: int, stride: int) -> Tensor:

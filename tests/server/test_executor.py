@@ -121,18 +121,23 @@ def test_single_task_batches_and_mixed_input_sizes(setup):
 
 
 def _count_rows(bb, ex, call):  # type: ignore[no-untyped-def]
-    """Rows each universal convolution saw during ``call()``: the stem, and block 4's first conv."""
+    """Rows each universal convolution saw during ``call()``: the stem, and block 4's first conv
+    (counted at the executor's convolution entry, which runs it as a conv or as a matrix product)."""
     rows: dict[str, int] = {}
+    names = {id(bb.net.conv1): "stem", id(bb.blocks[3].conv1): "b4"}
 
-    def counter(name):  # type: ignore[no-untyped-def]
-        return lambda _m, _i, o: rows.__setitem__(name, rows.get(name, 0) + o.shape[0])
+    def count(name, n):  # type: ignore[no-untyped-def]
+        if name is not None:
+            rows[name] = rows.get(name, 0) + n
 
-    hooks = [m.register_forward_hook(counter(n)) for n, m in [("stem", bb.net.conv1), ("b4", bb.blocks[3].conv1)]]
+    hook = bb.net.conv1.register_forward_hook(lambda _m, _i, o: count("stem", o.shape[0]))
+    conv = ex.conv
+    ex.conv = lambda m, x: (count(names.get(id(m)), x.shape[0]), conv(m, x))[1]
     try:
         out = call()
     finally:
-        for h in hooks:
-            h.remove()
+        ex.conv = conv
+        hook.remove()
     return rows, out
 
 
@@ -175,3 +180,22 @@ def test_unknown_kernel_is_refused():
     bb, _, _ = _build("resnet10-basic")
     with pytest.raises(ValueError, match="kernel"):
         Executor(bb, kernel="fast")
+
+
+def test_mixed_batch_convolutions_read_channels_last_rows(setup):
+    """Rows gathered for a block (a subset of the batch's tasks) stay channels-last: in the other
+    format every frozen convolution converted its input, and the tiny-map matrix products
+    (server.denseconv) fell back to the 9x-arithmetic convolution (measured 0.6 -> 0.69 of the
+    one-task rate on one core, bench/executor_bench.py)."""
+    _, ex, tasks, refs = setup
+    xs = _inputs(8)
+    items = [(tasks[(i * 5) % len(tasks)], xs[i % 8]) for i in range(17)]
+    formats: list[bool] = []
+    conv = ex.conv
+    ex.conv = lambda m, x: (formats.append(x.permute(0, 2, 3, 1).is_contiguous()), conv(m, x))[1]
+    try:
+        out = ex.run(items)
+    finally:
+        ex.conv = conv
+    _check(out, items, refs)
+    assert formats and all(formats)
