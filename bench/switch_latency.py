@@ -97,7 +97,7 @@ def main() -> None:
             pack_bytes = len(data)
 
         cache = PackCache(store, backbone, 1 << 34, Metrics())
-        executor: Executor | ProcessExecutor = (ProcessExecutor(backbone, capacity_bytes=1 << 34)
+        executor: Executor | ProcessExecutor = (ProcessExecutor(backbone, ceiling_bytes=1 << 34)
                                                 if args.executor_process else Executor(backbone))
         x = torch.randn(3, args.size, args.size)
 

@@ -19,8 +19,8 @@ and runs the real executor:
   never enter the server process, whose GIL the event loop needs (measured at N = 1,000 tasks: a
   4 ms load took 20-270 ms in the server process, and half its memory was a second copy of the tasks);
 * the server mirrors which tasks the child holds and names, with the next batch, those it has let go
-  of itself and the least recently used beyond the pack cache's budget, so the child holds no more
-  than the server would; a task the child lacks (after a restart) is loaded again from the store
+  of itself, so the child holds what the server still references (and, as a guard against a leak,
+  no more than a ceiling); a task the child lacks (after a restart) is loaded again from the store
   with the batch, or sent whole when the server holds its tensors (no store);
 * the pipe is taken in arrival order (:class:`_FairLock`), so a cold load never starves behind the
   batch thread, which takes it back to back;
@@ -122,11 +122,15 @@ class ProcessExecutor:
     """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
 
     def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
-                 capacity_bytes: int = 256 * 1024 * 1024, store: Store | None = None) -> None:
+                 ceiling_bytes: int = 512 * 1024 * 1024, store: Store | None = None) -> None:
+        """``ceiling_bytes``: a guard, not the cache's budget.  The child holds the tasks the server still
+        references (weakref callbacks name the others); only a reference leak in the server would take
+        it past the ceiling, where it drops its least recently used tasks (sent or loaded again when
+        next used).  The server passes twice the pack cache's budget (server.runtime)."""
         if next(backbone.parameters()).device.type != "cpu":
             raise ValueError("the executor process is for CPU serving; on a GPU use the in-process executor")
         self.device = torch.device("cpu")
-        self.kernel, self.threads, self.capacity = kernel, threads, capacity_bytes
+        self.kernel, self.threads, self.ceiling = kernel, threads, ceiling_bytes
         self.store = store  # reopened in the child: it loads tasks itself (see load)
         self._blob = backbone.to_bytes()
         self._lock = _FairLock()
@@ -198,7 +202,13 @@ class ProcessExecutor:
 
     def _sync(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
         """Tasks the child lacks (sent with the batch: whole, or as what to load from the store), and
-        uids it may drop (LRU beyond the budget)."""
+        uids it may drop: those the server let go, and least recently used ones beyond the ceiling.
+
+        The pack cache's budget is not applied here.  Tasks that the cache serves without keeping them
+        (admission) or still leases after an eviction are alive in the server beyond its budget; when
+        the child dropped least recently used tasks at that budget, it dropped tasks the cache still
+        held, and their next hit was loaded again inside a batch (56 such loads in 3,600 Zipf requests
+        over 300 tasks with room for 60, one batch at a time)."""
         new: list[PreparedTask | Spec] = []
         used: set[int] = set()
         for _, tasks in frames:
@@ -218,9 +228,9 @@ class ProcessExecutor:
             if held is not None:
                 self._held_bytes -= held[0]
                 evict.append(uid)
-        if self._held_bytes > self.capacity:  # over the budget: least recently used first
+        if self._held_bytes > self.ceiling:  # a leak in the server: least recently used first
             for uid in list(self._held):
-                if self._held_bytes <= self.capacity:
+                if self._held_bytes <= self.ceiling:
                     break
                 if uid not in used:
                     self._held_bytes -= self._held.pop(uid)[0]

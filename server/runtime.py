@@ -79,7 +79,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         # The executor process also makes the cold loads, from its own connection to the store: pack
         # bytes and tensors never enter the server process, which keeps only each task's description.
         executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
-                                   capacity_bytes=settings.cache_bytes, store=store)
+                                   ceiling_bytes=2 * settings.cache_bytes, store=store)
         prepare = executor.load
     else:
         executor = Executor(backbone, kernel=settings.executor_kernel)

@@ -28,7 +28,7 @@ def tasks(make_pack, backbone) -> list[PreparedTask]:  # type: ignore[no-untyped
 
 @pytest.fixture
 def engine(backbone):  # type: ignore[no-untyped-def]
-    ex = ProcessExecutor(backbone, capacity_bytes=1)  # a budget of one task at a time: eviction every batch
+    ex = ProcessExecutor(backbone, ceiling_bytes=1)  # a ceiling of one task at a time: eviction every batch
     try:
         yield ex
     finally:
@@ -50,18 +50,18 @@ def test_the_process_answers_as_the_executor(engine, backbone, tasks) -> None:  
         for g_row, w_row in zip(got, want):
             for g, w in zip(g_row, w_row):
                 assert torch.allclose(g, w, atol=1e-5)
-    # Evicted tasks are sent again when next used: the answers stay right with a budget of one task.
+    # Evicted tasks are sent again when next used: the answers stay right with a ceiling of one task.
     for t in tasks:
         (out,) = engine.run_frames([(frames[0][0], [t])])
         (ref,) = Executor(backbone).run_frames([(frames[0][0], [t])])
         assert torch.allclose(out[0], ref[0], atol=1e-5)
-    assert len(engine._held) <= 1 + 1  # the budget, plus the task of the batch in hand
+    assert len(engine._held) <= 1 + 1  # the ceiling, plus the task of the batch in hand
 
 
 def test_tasks_the_server_let_go_leave_the_process(backbone, tasks) -> None:  # type: ignore[no-untyped-def]
     import gc
 
-    ex = ProcessExecutor(backbone)  # a budget large enough for everything
+    ex = ProcessExecutor(backbone)  # a ceiling large enough for everything
     try:
         frames = _frames(tasks)
         ex.run_frames(frames)
@@ -214,3 +214,34 @@ def test_a_gpu_backbone_is_refused(backbone) -> None:  # type: ignore[no-untyped
         pytest.skip("needs CUDA")
     with pytest.raises(ValueError, match="CPU serving"):
         ProcessExecutor(backbone.to("cuda"))
+
+
+def test_a_task_the_cache_keeps_is_never_reloaded_in_a_batch(store, backbone, make_pack) -> None:  # type: ignore[no-untyped-def]
+    """A task served but not kept (admission) takes the process past the cache's budget for a while.
+    The process must not drop the task the cache keeps to make room: its next hit would be loaded
+    again, from the store, inside a batch."""
+    packs = {tid: make_pack(tid, seed=i) for i, tid in enumerate("ab")}
+    for tid, p in packs.items():
+        store.register(tid, p.to_bytes())
+    budget = int(1.5 * max(PreparedTask.from_pack(p, backbone, version=1).nbytes for p in packs.values()))
+    ex = ProcessExecutor(backbone, store=store, ceiling_bytes=2 * budget)  # as server.runtime builds it
+    cache = PackCache(store, backbone, budget, Metrics(), prepare=ex.load)
+    sent: list = []
+    sync = ex._sync
+    ex._sync = lambda frames: (r := sync(frames), sent.extend(r[0]))[0]  # type: ignore[method-assign]
+    x = torch.randn(3, 32, 32)
+
+    def ask(tid: str) -> None:
+        with cache.lease(tid) as lease:
+            ex.run_frames([(x, [lease.task])])
+
+    try:
+        for _ in range(3):
+            ask("a")
+        ask("b")  # asked for less often than "a": served, not kept
+        ask("a")
+        assert cache.cached_tasks() == ["a"] and cache.loads == 2
+        assert sent == []  # both loads ran in the process's load call; no batch loaded anything
+    finally:
+        cache.close()
+        ex.close()
