@@ -7,7 +7,9 @@ BN, basic and bottleneck proxies, on the tiny ResNet-10 and on a ResNet-50-shape
 
 from __future__ import annotations
 
+import contextlib
 import random
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -120,9 +122,25 @@ def test_single_task_batches_and_mixed_input_sizes(setup):
     _check(ex.run(items), items, refs)
 
 
+@contextlib.contextmanager
+def _watching_convs(ex: Executor, see: Callable[[torch.nn.Conv2d, torch.Tensor], None]) -> Iterator[None]:
+    """Call ``see(conv, input)`` for every universal convolution ``ex`` runs meanwhile, at its
+    convolution entry (which runs it as a conv, or as a matrix product on tiny maps)."""
+    conv = ex.conv
+
+    def watched(m: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        see(m, x)
+        return conv(m, x)
+
+    ex.conv = watched
+    try:
+        yield
+    finally:
+        ex.conv = conv
+
+
 def _count_rows(bb, ex, call):  # type: ignore[no-untyped-def]
-    """Rows each universal convolution saw during ``call()``: the stem, and block 4's first conv
-    (counted at the executor's convolution entry, which runs it as a conv or as a matrix product)."""
+    """Rows each universal convolution saw during ``call()``: the stem, and block 4's first conv."""
     rows: dict[str, int] = {}
     names = {id(bb.net.conv1): "stem", id(bb.blocks[3].conv1): "b4"}
 
@@ -131,12 +149,10 @@ def _count_rows(bb, ex, call):  # type: ignore[no-untyped-def]
             rows[name] = rows.get(name, 0) + n
 
     hook = bb.net.conv1.register_forward_hook(lambda _m, _i, o: count("stem", o.shape[0]))
-    conv = ex.conv
-    ex.conv = lambda m, x: (count(names.get(id(m)), x.shape[0]), conv(m, x))[1]
     try:
-        out = call()
+        with _watching_convs(ex, lambda m, x: count(names.get(id(m)), x.shape[0])):
+            out = call()
     finally:
-        ex.conv = conv
         hook.remove()
     return rows, out
 
@@ -191,11 +207,7 @@ def test_mixed_batch_convolutions_read_channels_last_rows(setup):
     xs = _inputs(8)
     items = [(tasks[(i * 5) % len(tasks)], xs[i % 8]) for i in range(17)]
     formats: list[bool] = []
-    conv = ex.conv
-    ex.conv = lambda m, x: (formats.append(x.permute(0, 2, 3, 1).is_contiguous()), conv(m, x))[1]
-    try:
+    with _watching_convs(ex, lambda _m, x: formats.append(x.permute(0, 2, 3, 1).is_contiguous())):
         out = ex.run(items)
-    finally:
-        ex.conv = conv
     _check(out, items, refs)
     assert formats and all(formats)
