@@ -58,7 +58,7 @@ from .executor import Executor, PreparedTask
 from .loading import LoadFailure, load_stored
 from .prepared import new_uid
 
-__all__ = ["EngineError", "ProcessExecutor"]
+__all__ = ["EngineError", "ProcessExecutor", "ceiling_for"]
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +118,21 @@ class _FairLock:
                 self._held = False
 
 
+def ceiling_for(cache_bytes: int) -> int:
+    """The executor process's ceiling for a pack cache budget: twice the budget, room for the tasks
+    the cache serves without keeping or still leases after an eviction (see ProcessExecutor)."""
+    return 2 * cache_bytes
+
+
 class ProcessExecutor:
     """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
 
     def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
-                 ceiling_bytes: int = 512 * 1024 * 1024, store: Store | None = None) -> None:
+                 ceiling_bytes: int = ceiling_for(256 * 1024 * 1024), store: Store | None = None) -> None:
         """``ceiling_bytes``: a guard, not the cache's budget.  The child holds the tasks the server still
         references (weakref callbacks name the others); only a reference leak in the server would take
         it past the ceiling, where it drops its least recently used tasks (sent or loaded again when
-        next used).  The server passes twice the pack cache's budget (server.runtime)."""
+        next used).  The server passes :func:`ceiling_for` its pack cache's budget (server.runtime)."""
         if next(backbone.parameters()).device.type != "cpu":
             raise ValueError("the executor process is for CPU serving; on a GPU use the in-process executor")
         self.device = torch.device("cpu")

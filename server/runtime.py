@@ -32,7 +32,7 @@ from blockstore.stores import Subscription
 
 from .batching import Batcher
 from .cache import PackCache
-from .engine import ProcessExecutor
+from .engine import ProcessExecutor, ceiling_for
 from .executor import Executor, executor_parallelism
 from .inference import Inference
 from .memory import trim_heap
@@ -79,7 +79,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         # The executor process also makes the cold loads, from its own connection to the store: pack
         # bytes and tensors never enter the server process, which keeps only each task's description.
         executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
-                                   ceiling_bytes=2 * settings.cache_bytes, store=store)
+                                   ceiling_bytes=ceiling_for(settings.cache_bytes), store=store)
         prepare = executor.load
     else:
         executor = Executor(backbone, kernel=settings.executor_kernel)

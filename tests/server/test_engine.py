@@ -12,7 +12,7 @@ import torch
 
 from blockstore import DirStore, RedisStore, StoreUnavailable
 from server.cache import PackCache
-from server.engine import EngineError, ProcessExecutor, _FairLock
+from server.engine import EngineError, ProcessExecutor, _FairLock, ceiling_for
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure
@@ -224,7 +224,7 @@ def test_a_task_the_cache_keeps_is_never_reloaded_in_a_batch(store, backbone, ma
     for tid, p in packs.items():
         store.register(tid, p.to_bytes())
     budget = int(1.5 * max(PreparedTask.from_pack(p, backbone, version=1).nbytes for p in packs.values()))
-    ex = ProcessExecutor(backbone, store=store, ceiling_bytes=2 * budget)  # as server.runtime builds it
+    ex = ProcessExecutor(backbone, store=store, ceiling_bytes=ceiling_for(budget))  # as server.runtime builds it
     cache = PackCache(store, backbone, budget, Metrics(), prepare=ex.load)
     sent: list = []
     sync = ex._sync
