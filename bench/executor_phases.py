@@ -4,7 +4,8 @@ The same packs and workloads as ``bench/executor_bench.py`` (``mixed`` and ``one
 runs ``--batches`` batches of 32 with the executor's phases timed by wrapping its methods (wall
 clock; with ``--threads 1``, the default, every operator finishes before the timer reads): the
 frozen blocks, the proxies (also per (layer, source node): runs and rows a batch, microseconds a
-row), the stem, the heads and the bookkeeping between them.  A diagnostic, not a rate: the wrappers
+row), the max-pools and layer biases around them, the stem, the heads, and what lies between the timed
+phases (``other``: the per-batch bookkeeping).  A diagnostic, not a rate: the wrappers
 add a few microseconds a call, so rates come from ``executor_bench.py``.
 
 Run:  .venv/bin/python bench/executor_phases.py [--threads 1] [--batches 100]
@@ -87,14 +88,17 @@ def main() -> None:
     for w in ("mixed", "one"):
         for k in range(20):
             step(w, k)
-        times.clear(), proxy.clear(), runs.clear(), rows.clear()
+        for c in (times, proxy, runs, rows):
+            c.clear()
         t0 = time.perf_counter()
         for k in range(args.batches):
             step(w, k)
         total = time.perf_counter() - t0
         per = {k: 1e3 * v / args.batches for k, v in times.items()}
         per["proxies"] = 1e3 * sum(proxy.values()) / args.batches
-        per["other"] = 1e3 * total / args.batches - sum(v for k, v in per.items() if k != "_proxy_paths")
+        # _proxy_paths holds the proxies' products, the max-pools of their source nodes and the layer biases.
+        per["pooling + layer bias"] = per.pop("_proxy_paths") - per["proxies"]
+        per["other"] = 1e3 * total / args.batches - sum(per.values())  # between the timed phases
         result[w] = {"ms_per_batch": 1e3 * total / args.batches, "phases_ms": per,
                      "proxies": {k: {"ms": 1e3 * proxy[k] / args.batches, "runs": runs[k] / args.batches,
                                      "rows": rows[k] / args.batches, "us_per_row": 1e6 * proxy[k] / rows[k]}
