@@ -83,7 +83,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.drain = Drain()
     app.add_middleware(DrainMiddleware, drain=app.state.drain)
     app.add_middleware(RequestLogMiddleware, access_log=settings.log_format == "json")  # outermost: ids on all
-    app.dependency_overrides[get_settings] = lambda: settings
     install_error_handlers(app)
     app.include_router(predict_router)
     app.include_router(tasks_router)
