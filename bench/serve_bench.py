@@ -173,6 +173,7 @@ def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], di
 def _profile(pid: int, args: argparse.Namespace) -> subprocess.Popen:
     """py-spy over the server for the measured seconds (all threads, native frames off)."""
     out = Path(args.out).with_name("serve_profile")
+    out.parent.mkdir(parents=True, exist_ok=True)
     spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy") or "py-spy"
     # --nonblocking: py-spy reads the stacks without pausing the server (a blocking 200 Hz record
     # cut the served rate to a fifth); its own messages go to serve_profile.log.
