@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from blockstore import Backbone
+from blockstore import Backbone, Preprocess
 
 from . import kernels
 from .denseconv import DenseConvs
@@ -36,7 +36,10 @@ from .prepared import PreparedTask, bn_layout, shared_affines
 
 __all__ = ["Executor", "PreparedTask", "executor_parallelism"]
 
-Frame = tuple[Tensor, Sequence[PreparedTask]]  # one image [3, H, W] and the tasks that read it
+# One image and the tasks that read it.  The image is either a float32 input [3, H, W], preprocessed,
+# or a raw uint8 image [C, size, size] as Preprocess.to_uint8 gives it, which the executor normalises
+# with its tasks' preprocessing (a frame's tasks share one), a batch at a time.
+Frame = tuple[Tensor, Sequence[PreparedTask]]
 _Run = tuple[PreparedTask, int, int]  # a task and its rows [start, stop)
 
 
@@ -191,22 +194,41 @@ class Executor:
         """Logits (CPU, float) for every (frame, task) pair, in order: all the frames, whatever their
         tasks, share one pass per input shape."""
         out: list[list[Tensor]] = [[] for _ in frames]
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for f, (x, _) in enumerate(frames):
-            groups.setdefault(tuple(x.shape), []).append(f)
         with torch.inference_mode():
+            xs = self._inputs(frames)
+            groups: dict[tuple[int, ...], list[int]] = {}
+            for f, x in enumerate(xs):
+                groups.setdefault(tuple(x.shape), []).append(f)
             for fs in groups.values():
                 pairs = [(t.uid, f, k, t) for f in fs for k, t in enumerate(frames[f][1])]
                 pairs.sort(key=lambda p: p[0])  # stable: each task's rows become one run, frames in order
                 slot: dict[int, int] = {}
                 frame_of_row = [slot.setdefault(f, len(slot)) for _, f, _, _ in pairs]
-                x = torch.stack([frames[f][0] for f in slot]).to(self.device, non_blocking=True)
+                x = torch.stack([xs[f] for f in slot])
                 logits = self._forward([p[3] for p in pairs], x, frame_of_row)
                 for f in fs:
                     out[f] = [logits[0]] * len(frames[f][1])
                 for (_, f, k, _), o in zip(pairs, logits):
                     out[f][k] = o
         return out
+
+    def _inputs(self, frames: Sequence[Frame]) -> list[Tensor]:
+        """Every frame's float input [3, H, W] on the device: raw uint8 frames normalised one batch per
+        preprocessing.  Normalising here, not on the event loop, saves the server a few torch calls
+        per image, each of which lets go of its GIL (server.inference)."""
+        xs: list[Tensor] = []
+        raw: dict[Preprocess, list[int]] = {}
+        for f, (x, tasks) in enumerate(frames):
+            if x.dtype == torch.uint8:
+                raw.setdefault(tasks[0].preprocess, []).append(f)
+                xs.append(x)  # replaced below
+            else:
+                xs.append(x.to(self.device, non_blocking=True))
+        for pre, fs in raw.items():
+            batch = torch.stack([xs[f] for f in fs]).to(self.device, non_blocking=True)
+            for f, x in zip(fs, pre.normalize(batch)):
+                xs[f] = x
+        return xs
 
     def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[Tensor]:
         """Logits for each ``(task, x)``; samples of different tasks share each block call."""

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import anyio.to_thread
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -43,15 +44,22 @@ def parse_task_list(tasks: str, limit: int) -> list[str]:
 
 
 def _top_k(logits: Tensor, labels: Sequence[str], k: int) -> list[Label]:
-    probs = torch.softmax(logits.float(), dim=0)
-    vals, idx = probs.topk(min(k, probs.numel()))
+    """The ``k`` most probable labels, ties in index order.  NumPy, not torch: this runs on the event loop,
+    where each torch operator lets go of the GIL and waits for it again (see :func:`_preprocess`)."""
+    z = logits.detach().cpu().numpy().astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    idx = np.argsort(-p, kind="stable")[:k]
     # Built, not validated: the values are ints, strings and floats by construction (half the cost).
-    return [Label.model_construct(index=i, label=labels[i], prob=v) for v, i in zip(vals.tolist(), idx.tolist())]
+    return [Label.model_construct(index=i, label=labels[i], prob=v) for v, i in zip(p[idx].tolist(), idx.tolist())]
 
 
 def _preprocess(img: Image.Image, pre: Preprocess) -> Tensor:
+    """The image as the executor takes it: uint8 ``[C, size, size]``, normalised there a batch at a time
+    (server.executor.Frame).  No torch operator runs here, on the event loop: each would let go of
+    the GIL and wait for it again behind the batcher thread."""
     try:
-        return pre.normalize(pre.to_uint8(img)[None])[0]
+        return pre.to_uint8(img)
     except (OSError, ValueError, TypeError) as e:  # exotic modes that cannot be converted
         raise BadImage(f"cannot convert the {img.mode} image: {e}") from None
 
