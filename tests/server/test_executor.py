@@ -8,6 +8,7 @@ BN, basic and bottleneck proxies, on the tiny ResNet-10 and on a ResNet-50-shape
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import random
 from collections.abc import Callable, Iterator
 
@@ -182,6 +183,23 @@ def test_frames_and_single_samples_share_one_pass(setup):
     keep4 = [[t for t in ts if t.plan.layers[3].block] for _, ts in frames]
     shared = [sum(t.task_id in ("task-4", "task-5") for t in k) for k in keep4]
     assert rows["b4"] == sum(len(k) - max(0, s - 1) for k, s in zip(keep4, shared))
+
+
+def test_raw_frames_are_normalised_with_their_tasks_preprocessing(setup):
+    """uint8 frames, as Preprocess.to_uint8 gives them (grey and colour, under two preprocessings), batched
+    with a float frame: every answer equals its task on the frame normalised by that task's preprocessing."""
+    _, ex, tasks, refs = setup
+    colour = Preprocess(32, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 3)
+    t_colour = dataclasses.replace(tasks[1], preprocess=colour)  # the same net, read through another preprocessing
+    g = torch.Generator().manual_seed(3)
+    grey = torch.randint(0, 256, (2, 1, 32, 32), generator=g, dtype=torch.uint8)
+    rgb = torch.randint(0, 256, (3, 32, 32), generator=g, dtype=torch.uint8)
+    frames = [(grey[0], [tasks[0], tasks[2]]), (_inputs(1)[0], [tasks[3]]), (rgb, [t_colour]), (grey[1], [tasks[4]])]
+    out = ex.run_frames(frames)
+    for (x, ts), o in zip(frames, out):
+        want = x if x.is_floating_point() else ts[0].preprocess.normalize(x[None])[0]
+        assert want.shape == (3, 32, 32)
+        _check(o, [(t, want) for t in ts], refs)
 
 
 def test_prepared_task_reports_its_device_bytes():
