@@ -239,3 +239,35 @@ def test_framework_corners_answer_documented_errors(client, store, make_pack) ->
     assert (r.status_code, r.json()["error"]) == (422, "bad_image"), r.text
     r = client.post("/v1/tasks/t1/rollback", content=b"\xff\xfe{", headers={**AUTH, "Content-Type": "application/json"})
     assert (r.status_code, r.json()["error"]) == (422, "validation_error"), r.text
+
+
+def test_no_route_hops_to_a_thread_for_a_dependency_or_its_endpoint(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """FastAPI runs a plain ``def`` dependency or endpoint in a worker thread: a thread-pool hop per
+    request, which cost the event loop about 15% of its busy time on predictions (server/deps.py)."""
+    import inspect
+
+    from fastapi.routing import APIRoute
+
+    def is_async(call: object) -> bool:
+        # a function, or an instance whose __call__ is (fastapi.security.HTTPBearer)
+        return inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)
+
+    def sync_calls(dependant) -> list[str]:  # type: ignore[no-untyped-def]
+        own = [] if dependant.call is None or is_async(dependant.call) else [getattr(dependant.call, "__qualname__",
+                                                                                       repr(dependant.call))]
+        return own + [name for d in dependant.dependencies for name in sync_calls(d)]
+
+    def api_routes(routes) -> list[APIRoute]:  # type: ignore[no-untyped-def]
+        out: list[APIRoute] = []
+        for r in routes:
+            if isinstance(r, APIRoute):
+                out.append(r)
+            inner = getattr(r, "original_router", None)  # an included router (FastAPI 0.165)
+            if inner is not None:
+                out += api_routes(inner.routes)
+        return out
+
+    routes = api_routes(create_app(make_settings()).routes)
+    assert len(routes) > 20
+    offenders = {r.path: calls for r in routes if (calls := sync_calls(r.dependant))}
+    assert offenders == {}
