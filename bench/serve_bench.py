@@ -10,7 +10,9 @@ Reported per point: requests/s, p50/p99, server CPU (cores, process and descenda
 CPU, server RSS, the share of samples batched with other tasks.
 The limit, measured in the same run (before and after the served points, best of both): the
 in-process executor rate for the same packs and batch cap (bench/executor_bench.py), mixed over 20
-tasks and one task at a time; the served throughput is reported as a fraction of the mixed rate.
+tasks and one task at a time, with torch's threads for the machine (the reference: the served
+throughput is reported as a fraction of its mixed rate) and again with the intra-op threads the
+served executor runs with (``@server_threads``: one on two cores, the event loop needs the other).
 Optionally (``--systems nettailor,baseline``, N <= ``--baseline-max-tasks``) the per-task-model
 baseline ``bench/baseline_server.py``.  Tasks: ResNet-18 (ImageNet stem, 32 px) with seeded random
 plans keeping about 60% of the blocks (1.4 MB per pack).
@@ -61,6 +63,7 @@ from loadgen import (  # noqa: E402
 )
 
 from blockstore import RedisStore  # noqa: E402
+from server.executor import executor_parallelism  # noqa: E402
 
 
 def png_frames(n: int) -> list[bytes]:
@@ -281,9 +284,22 @@ def main() -> None:
     pack_mb = float(np.mean([len(p) for p in packs])) / 2**20
     limit_packs = packs[:20]
 
+    machine_threads = torch.get_num_threads()
+    env = dict(kv.split("=", 1) for kv in args.server_env)
+    # the intra-op threads the served executor runs with: `nettailor serve`'s default, or as --server-env sets it
+    server_threads = executor_parallelism(0, int(env.get("NETTAILOR_TORCH_THREADS", 0)))[1]
+
     def limit() -> dict:
+        """The executor's rates at the machine's thread count (the reference), and at the server's own."""
         r = executor_rates(bb, limit_packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
                            device=args.device)["img_per_s"]
+        torch.set_num_threads(server_threads)
+        try:
+            own = executor_rates(bb, limit_packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
+                                 device=args.device)["img_per_s"]
+        finally:
+            torch.set_num_threads(machine_threads)
+        r.update({f"{k}@server_threads": v for k, v in own.items() if k in ("mixed", "one")})
         print(f"[bench] executor: {json.dumps({k: round(v) for k, v in r.items()})}", flush=True)
         return r
 
@@ -333,7 +349,8 @@ def main() -> None:
                     "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
                     "note": "shared with other agents: compare ratios from one run, not absolute figures"},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {**vars(args), "mean_pack_mb": pack_mb},
+        "config": {**vars(args), "mean_pack_mb": pack_mb, "executor_threads": machine_threads,
+                   "server_executor_threads": server_threads},
         "executor_img_per_s": executor, "executor_runs": rates,
         "results": results,
         "summary": summarise(results, executor),
@@ -367,6 +384,9 @@ def summarise(results: list[dict], executor: dict) -> dict:
     at = {n: _find(nt, tasks=n, dist=dist, concurrency=cmax) for n in ns}
     if at.get(20):
         s["served_n20_vs_executor_mixed"] = at[20]["throughput_rps"] / executor["mixed"]
+        if "mixed@server_threads" in executor:  # the same, against the executor as the server runs it
+            s["served_n20_vs_executor_mixed_at_server_threads"] = (at[20]["throughput_rps"]
+                                                                   / executor["mixed@server_threads"])
         if at.get(1):
             s["n20_vs_n1"] = at[20]["throughput_rps"] / at[1]["throughput_rps"]
         big = max(ns)
