@@ -229,11 +229,16 @@ def summarise_profile(raw: Path) -> dict:
             "top_own": [(f, c / total) for f, c in top]}
 
 
+def _server_env(args: argparse.Namespace) -> dict[str, str]:
+    """The ``--server-env KEY=VALUE`` settings."""
+    return dict(kv.split("=", 1) for kv in args.server_env)
+
+
 def _systems(args: argparse.Namespace, n: int, prefix: str) -> dict:
     env = {"NETTAILOR_STORE": f"{args.redis}?prefix={prefix}n{n}:", "NETTAILOR_TOKEN": "bench",
            "NETTAILOR_MAX_BATCH": str(args.max_batch), "NETTAILOR_BATCH_WINDOW_MS": str(args.window_ms),
            "NETTAILOR_MAX_QUEUE": "4096", "NETTAILOR_DEVICE": args.device}
-    env.update(dict(kv.split("=", 1) for kv in args.server_env))
+    env.update(_server_env(args))
     out = {"nettailor": ([sys.executable, "-m", "nettailor", "serve", "--host", "127.0.0.1"], env, "/readyz")}
     if "baseline" in args.systems.split(",") and n <= args.baseline_max_tasks:
         out["baseline"] = ([sys.executable, "bench/baseline_server.py", "--redis", args.redis, "--prefix",
@@ -285,9 +290,8 @@ def main() -> None:
     limit_packs = packs[:20]
 
     machine_threads = torch.get_num_threads()
-    env = dict(kv.split("=", 1) for kv in args.server_env)
     # the intra-op threads the served executor runs with: `nettailor serve`'s default, or as --server-env sets it
-    server_threads = executor_parallelism(0, int(env.get("NETTAILOR_TORCH_THREADS", 0)))[1]
+    server_threads = executor_parallelism(0, int(_server_env(args).get("NETTAILOR_TORCH_THREADS", 0)))[1]
 
     def limit() -> dict:
         """The executor's rates at the machine's thread count (the reference), and at the server's own."""

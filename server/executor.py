@@ -213,22 +213,19 @@ class Executor:
         return out
 
     def _inputs(self, frames: Sequence[Frame]) -> list[Tensor]:
-        """Every frame's float input [3, H, W] on the device: raw uint8 frames normalised one batch per
-        preprocessing.  Normalising here, not on the event loop, saves the server a few torch calls
-        per image, each of which lets go of its GIL (server.inference)."""
-        xs: list[Tensor] = []
-        raw: dict[Preprocess, list[int]] = {}
+        """Every frame's float input [3, H, W] on the device, moved one batch per (preprocessing, shape):
+        raw uint8 frames are normalised there with their tasks' preprocessing, float frames kept.
+        Normalising here, not on the event loop, saves the server a few torch calls per image, each of
+        which lets go of its GIL (server.inference)."""
+        groups: dict[tuple[Preprocess | None, tuple[int, ...]], list[int]] = {}
         for f, (x, tasks) in enumerate(frames):
-            if x.dtype == torch.uint8:
-                raw.setdefault(tasks[0].preprocess, []).append(f)
-                xs.append(x)  # replaced below
-            else:
-                xs.append(x.to(self.device, non_blocking=True))
-        for pre, fs in raw.items():
-            batch = torch.stack([xs[f] for f in fs]).to(self.device, non_blocking=True)
-            for f, x in zip(fs, pre.normalize(batch)):
-                xs[f] = x
-        return xs
+            pre = tasks[0].preprocess if x.dtype == torch.uint8 else None
+            groups.setdefault((pre, tuple(x.shape)), []).append(f)
+        xs: dict[int, Tensor] = {}
+        for (pre, _), fs in groups.items():
+            batch = torch.stack([frames[f][0] for f in fs]).to(self.device, non_blocking=True)
+            xs.update(zip(fs, pre.normalize(batch) if pre is not None else batch))
+        return [xs[f] for f in range(len(frames))]
 
     def run(self, items: Sequence[tuple[PreparedTask, Tensor]]) -> list[Tensor]:
         """Logits for each ``(task, x)``; samples of different tasks share each block call."""

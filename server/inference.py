@@ -43,12 +43,19 @@ def parse_task_list(tasks: str, limit: int) -> list[str]:
     return ids
 
 
-def _top_k(logits: Tensor, labels: Sequence[str], k: int) -> list[Label]:
-    """The ``k`` most probable labels, ties in index order.  NumPy, not torch: this runs on the event loop,
-    where each torch operator lets go of the GIL and waits for it again (see :func:`_preprocess`)."""
+def _softmax(logits: Tensor) -> np.ndarray:
+    """A row of logits as class probabilities (float64), for every form of answer.  NumPy, not torch:
+    this runs on the event loop, where each torch operator lets go of the GIL and waits for it again
+    (see :func:`_preprocess`)."""
     z = logits.detach().cpu().numpy().astype(np.float64)
     p = np.exp(z - z.max())
     p /= p.sum()
+    return p
+
+
+def _top_k(logits: Tensor, labels: Sequence[str], k: int) -> list[Label]:
+    """The ``k`` most probable labels, ties in index order."""
+    p = _softmax(logits)
     idx = np.argsort(-p, kind="stable")[:k]
     # Built, not validated: the values are ints, strings and floats by construction (half the cost).
     return [Label.model_construct(index=i, label=labels[i], prob=v) for v, i in zip(p[idx].tolist(), idx.tolist())]
@@ -223,7 +230,7 @@ class Inference:
                 assert tensor is not None
                 xs = _rows(tensor, task.preprocess)
             out = await self.batcher.run([(task, x) for x in xs])
-            probs = torch.stack([torch.softmax(r.logits.float(), dim=0) for r in out])  # as _top_k does
+            probs = torch.from_numpy(np.stack([_softmax(r.logits) for r in out]).astype(np.float32))
             return Inferred(task.task_id, task.version, task.pack_version, task.labels, probs)
 
     @staticmethod
