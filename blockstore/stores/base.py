@@ -144,6 +144,20 @@ class Store(ABC):
             raise DigestMismatch(f"the stored pack {sha256[:12]}... is corrupt: {detail}", sha256)
         return data
 
+    def check_pack(self, sha256: str) -> None:
+        """Whether a copy of the bytes stored under ``sha256``, verified earlier, may still be used:
+        without reading them, raise PackNotFound when none are stored (collected) and DigestMismatch
+        when the digest is marked corrupt.  One round trip (server.spill asks it before each reuse)."""
+        present, corrupt = self._pack_state(sha256)
+        if corrupt is not None:
+            raise DigestMismatch(f"the stored pack {sha256[:12]}... is marked corrupt: {corrupt}", sha256)
+        if not present:
+            raise PackNotFound(f"store {self.url} holds no pack {sha256[:12]}...")
+
+    @abstractmethod
+    def _pack_state(self, sha256: str) -> tuple[bool, str | None]:
+        """Whether bytes are stored under ``sha256``, and its corruption mark (None: unmarked)."""
+
     @abstractmethod
     def _read_pack(self, sha256: str) -> tuple[bytes | None, str | None]:
         """The bytes stored under ``sha256`` (None: none) and its corruption mark (None: unmarked)."""

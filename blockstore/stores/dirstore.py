@@ -198,6 +198,14 @@ class DirStore(Store):
             raise TaskNotFound(f"task {task_id!r} is not registered")
         return rec
 
+    def _pack_state(self, sha256: str) -> tuple[bool, str | None]:
+        if not _is_digest(sha256):
+            return False, None
+        mark = self._read(self._pack_path(sha256, ".corrupt"))
+        if mark is not None:
+            return True, mark.decode(errors="replace")
+        return self._pack_path(sha256).exists(), None
+
     def _read_pack(self, sha256: str) -> tuple[bytes | None, str | None]:
         if not _is_digest(sha256):
             return None, None

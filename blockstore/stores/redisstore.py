@@ -224,6 +224,14 @@ class RedisStore(Store):
             raise TaskNotFound(f"task {task_id!r} is not registered")
         return rec
 
+    def _pack_state(self, sha256: str) -> tuple[bool, str | None]:
+        with self._guard():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.exists(self._k("pack", sha256))
+            pipe.hget(self._k("corrupt"), sha256)
+            present, mark = pipe.execute()
+        return bool(present), (mark.decode(errors="replace") if mark is not None else None)
+
     def _read_pack(self, sha256: str) -> tuple[bytes | None, str | None]:
         with self._guard():
             pipe = self._client.pipeline(transaction=False)  # one round trip for both

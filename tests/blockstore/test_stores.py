@@ -11,6 +11,7 @@ from blockstore import (
     AliasNotFound,
     BackboneNotFound,
     CorruptPack,
+    DigestMismatch,
     DirStore,
     InvalidAlias,
     InvalidTaskId,
@@ -27,6 +28,7 @@ from blockstore import (
     open_store,
 )
 from blockstore.stores.records import ALIAS_LOG_LIMIT
+from tests.conftest import flip_stored_byte
 
 
 @pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
@@ -287,3 +289,17 @@ def test_concurrent_alias_changes_and_registrations(store, make_pack):
     rec = store.get_record("digits")
     assert rec.aliases == {f"a{i}": 1 for i in range(4)}
     assert len(rec.alias_log) == 4 * 11 and len(rec.history) == 4
+
+
+def test_check_pack_answers_for_a_digest_without_reading_its_bytes(store, make_pack):
+    data = make_pack("digits").to_bytes()
+    rec, _ = store.register("digits", data)
+    store.check_pack(rec.sha256)  # stored, unmarked: a verified copy may be used
+    with pytest.raises(PackNotFound):
+        store.check_pack("0" * 64)
+    flip_stored_byte(store, rec.sha256, len(data) - 3)
+    store.check_pack(rec.sha256)  # not known to be corrupt until a read hashes it
+    with pytest.raises(DigestMismatch):
+        store.get_pack_bytes(rec.sha256)
+    with pytest.raises(DigestMismatch, match="marked corrupt"):
+        store.check_pack(rec.sha256)
