@@ -18,12 +18,15 @@ and runs the real executor:
   keeps only each task's description (:meth:`PreparedTask.description`), so pack bytes and tensors
   never enter the server process, whose GIL the event loop needs (measured at N = 1,000 tasks: a
   4 ms load took 20-270 ms in the server process, and half its memory was a second copy of the tasks);
+  loads have a pipe and a thread of their own in the child, so they run beside the batch in flight
+  instead of waiting for it; with a spill tier (server.spill), a task folded before is mapped back
+  from local disk;
 * the server mirrors which tasks the child holds and names, with the next batch, those it has let go
   of itself, so the child holds what the server still references (and, as a guard against a leak,
   no more than a ceiling); a task the child lacks (after a restart) is loaded again from the store
   with the batch, or sent whole when the server holds its tensors (no store);
-* the pipe is taken in arrival order (:class:`_FairLock`), so a cold load never starves behind the
-  batch thread, which takes it back to back;
+* the batch pipe is taken in arrival order (:class:`_FairLock`), so no batcher worker starves
+  behind another that takes it back to back;
 * the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
   batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
   retries that batch's frames one by one, so a frame that kills the executor fails alone.
@@ -35,17 +38,21 @@ from __future__ import annotations
 
 import contextlib
 import copyreg
+import gc
 import io
 import logging
 import multiprocessing as mp
 import pickle
+import shutil
 import signal
+import tempfile
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -56,7 +63,9 @@ from blockstore import Backbone, NetTailorError, Store
 from .errors import Overloaded
 from .executor import Executor, PreparedTask
 from .loading import LoadFailure, load_stored
+from .memory import trim_heap
 from .prepared import new_uid
+from .spill import SpillTier
 
 __all__ = ["EngineError", "ProcessExecutor", "ceiling_for"]
 
@@ -128,21 +137,35 @@ class ProcessExecutor:
     """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
 
     def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
-                 ceiling_bytes: int = ceiling_for(256 * 1024 * 1024), store: Store | None = None) -> None:
+                 ceiling_bytes: int = ceiling_for(256 * 1024 * 1024), store: Store | None = None,
+                 spill_bytes: int = 0, spill_dir: str | None = None) -> None:
         """``ceiling_bytes``: a guard, not the cache's budget.  The child holds the tasks the server still
         references (weakref callbacks name the others); only a reference leak in the server would take
         it past the ceiling, where it drops its least recently used tasks (sent or loaded again when
-        next used).  The server passes :func:`ceiling_for` its pack cache's budget (server.runtime)."""
+        next used).  The server passes :func:`ceiling_for` its pack cache's budget (server.runtime).
+
+        ``spill_bytes``: the child's spill tier (server.spill; 0: none), in a directory made here inside
+        ``spill_dir``, emptied when a child is replaced and removed by :meth:`close`."""
         if next(backbone.parameters()).device.type != "cpu":
             raise ValueError("the executor process is for CPU serving; on a GPU use the in-process executor")
         self.device = torch.device("cpu")
         self.kernel, self.threads, self.ceiling = kernel, threads, ceiling_bytes
         self.store = store  # reopened in the child: it loads tasks itself (see load)
+        self.spill_bytes = spill_bytes if store is not None else 0
+        self._spill_root: str | None = None
+        if self.spill_bytes:
+            if spill_dir is not None:
+                Path(spill_dir).mkdir(parents=True, exist_ok=True)
+            self._spill_root = tempfile.mkdtemp(prefix="nettailor-spill-", dir=spill_dir)
         self._blob = backbone.to_bytes()
-        self._lock = _FairLock()
+        self._lock = _FairLock()  # the batch pipe
+        self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
+        self._mutex = threading.Lock()  # _held, _held_bytes: the batch and load paths both change them
+        self._gen = 0  # the child's generation: a load answered by a child since replaced is not held
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
         self._conn: Connection | None = None
+        self._load_conn: Connection | None = None
         # Task uid -> (bytes, the server's object), as the child holds them.  A task the server has let
         # go (deleted, replaced, evicted from its cache and no longer leased) is dropped from the
         # child with the next batch, so the child never holds more than the server does.
@@ -150,17 +173,24 @@ class ProcessExecutor:
         self._held_bytes = 0
         self._gone: deque[int] = deque()  # uids whose server object died (weakref callbacks, any thread)
         self.restarts = 0
-        with self._lock:
+        with self._lock, self._load_lock:
             self._start()
 
     # -- the child's life ---------------------------------------------------------------------
 
     def _start(self) -> None:
+        """Under both locks."""
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.kernel, self.threads, self.store),
+        load_parent, load_child = self._ctx.Pipe()
+        if self._spill_root is not None:  # a dead child's files: its successor starts with none
+            for p in Path(self._spill_root).iterdir():
+                shutil.rmtree(p, ignore_errors=True)
+        spill = (self.spill_bytes, self._spill_root) if self._spill_root is not None else None
+        proc = self._ctx.Process(target=_serve, args=(child, load_child, self.kernel, self.threads, self.store, spill),
                                  name="nettailor-engine", daemon=True)
         proc.start()
         child.close()
+        load_child.close()
         t0 = time.perf_counter()
         try:
             parent.send_bytes(self._blob)
@@ -169,22 +199,29 @@ class ProcessExecutor:
             reply = _recv(parent)
         except (EOFError, OSError) as e:
             proc.kill()
+            load_parent.close()
             raise EngineError(f"the executor process died while starting (exit code {proc.exitcode}): {e}") from None
         if reply != "ready":
             proc.kill()
+            load_parent.close()
             raise EngineError(f"the executor process failed to start: {reply}")
-        self._proc, self._conn = proc, parent
-        self._held.clear()
-        self._held_bytes = 0
+        self._proc, self._conn, self._load_conn = proc, parent, load_parent
+        self._gen += 1
+        with self._mutex:
+            self._held.clear()
+            self._held_bytes = 0
         log.info("executor process %d ready in %.1f s", proc.pid, time.perf_counter() - t0)
 
     def _stop_child(self) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
+        """Under both locks."""
+        proc, conn, load_conn = self._proc, self._conn, self._load_conn
+        self._proc = self._conn = self._load_conn = None
         if conn is not None:
             with contextlib.suppress(OSError):
                 _send(conn, ("stop",))
             conn.close()
+        if load_conn is not None:
+            load_conn.close()
         if proc is not None:
             proc.join(5)
             if proc.is_alive():
@@ -192,8 +229,10 @@ class ProcessExecutor:
                 proc.join(5)
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._load_lock:
             self._stop_child()
+            if self._spill_root is not None:
+                shutil.rmtree(self._spill_root, ignore_errors=True)
 
     @property
     def pid(self) -> int | None:
@@ -202,6 +241,7 @@ class ProcessExecutor:
     # -- batches --------------------------------------------------------------------------------
 
     def _hold(self, t: PreparedTask) -> None:
+        """Under the mutex."""
         uid = t.uid
         self._held[uid] = (t.nbytes, weakref.ref(t, lambda _ref: self._gone.append(uid)))
         self._held_bytes += t.nbytes
@@ -215,6 +255,10 @@ class ProcessExecutor:
         the child dropped least recently used tasks at that budget, it dropped tasks the cache still
         held, and their next hit was loaded again inside a batch (56 such loads in 3,600 Zipf requests
         over 300 tasks with room for 60, one batch at a time)."""
+        with self._mutex:
+            return self._sync_held(frames)
+
+    def _sync_held(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
         new: list[PreparedTask | Spec] = []
         used: set[int] = set()
         for _, tasks in frames:
@@ -246,34 +290,54 @@ class ProcessExecutor:
     def load(self, task_id: str, version: int, sha256: str) -> PreparedTask:
         """A cold load in the child (:func:`server.loading.load_stored`): the child keeps the tensors, the
         server gets the task's description.  Raises :class:`server.loading.LoadFailure`, or
-        :class:`EngineError` when the child dies loading (it is restarted; the load is not retried)."""
+        :class:`EngineError` when the child dies loading (it is restarted; the load is not retried).
+
+        Loads have a pipe and a thread of their own in the child, so a load never waits for the batch
+        in flight, nor a batch for a load (at N = 1,000 tasks a load waited about 15 ms for the batch
+        ahead of it; bench/serve_bench.py).  One load at a time."""
         if self.store is None:
             raise RuntimeError("this executor process has no store to load from")
         uid = new_uid()
-        with self._lock:
-            if self._conn is None:
-                self._start()
-            assert self._conn is not None
+        if self._load_conn is None:
+            with self._lock, self._load_lock:
+                if self._conn is None:
+                    self._start()
+        died: BaseException | None = None
+        with self._load_lock:
+            gen, conn = self._gen, self._load_conn
+            if conn is None:  # closed meanwhile
+                raise EngineError("the executor process is stopped", retry_after=1)
             try:
-                _send(self._conn, ("load", uid, task_id, version, sha256))
-                reply = _recv(self._conn)
+                _send(conn, ("load", uid, task_id, version, sha256))
+                reply = _recv(conn)
             except (EOFError, OSError) as e:
-                self._restart(e)
-                raise EngineError(f"the executor process died loading task {task_id!r}", retry_after=1) from None
-            assert isinstance(reply, tuple)
-            if reply[0] == "fail":
-                raise LoadFailure(*reply[1])
-            if reply[0] == "raise":
-                raise reply[1]
-            if reply[0] == "error":
-                raise EngineError(f"the executor process failed to load task {task_id!r}: {reply[1]}")
-            task = reply[1]
-            assert isinstance(task, PreparedTask) and task.uid == uid
-            self._hold(task)
-            return task
+                died = e
+        if died is not None:
+            self._restart(gen, died)
+            raise EngineError(f"the executor process died loading task {task_id!r}", retry_after=1)
+        assert isinstance(reply, tuple)
+        if reply[0] == "fail":
+            raise LoadFailure(*reply[1])
+        if reply[0] == "raise":
+            raise reply[1]
+        if reply[0] == "error":
+            raise EngineError(f"the executor process failed to load task {task_id!r}: {reply[1]}")
+        task = reply[1]
+        assert isinstance(task, PreparedTask) and task.uid == uid
+        with self._mutex:
+            if self._gen == gen:  # else a new child lacks it: the first batch naming it loads it again
+                self._hold(task)
+        return task
 
-    def _restart(self, why: BaseException) -> int | None:
-        """Replace a dead child; its exit code."""
+    def _restart(self, gen: int, why: BaseException) -> int | None:
+        """Replace the child of generation ``gen`` unless that was done meanwhile (a death is seen by
+        the batch and the load paths alike); its exit code.  Takes both locks: call it holding neither."""
+        with self._lock, self._load_lock:
+            return self._restart_locked(gen, why)
+
+    def _restart_locked(self, gen: int, why: BaseException) -> int | None:
+        if self._gen != gen:
+            return None
         code = self._proc.exitcode if self._proc is not None else None
         self.restarts += 1
         log.error("the executor process died (exit code %s, %s); starting a new one", code, why)
@@ -290,14 +354,17 @@ class ProcessExecutor:
         with self._lock:
             for attempt in (1, 2):
                 if self._conn is None:
-                    self._start()
+                    with self._load_lock:
+                        self._start()
                 assert self._conn is not None
+                gen = self._gen
                 new, evict = self._sync(frames)
                 try:
                     _send(self._conn, ("run", new, evict, batch))
                     reply = _recv(self._conn)
                 except (EOFError, OSError) as e:
-                    code = self._restart(e)
+                    with self._load_lock:  # the order is always (batch, load): a load never holds its lock waiting
+                        code = self._restart_locked(gen, e)
                     if attempt == 2:
                         raise EngineError(f"the executor process died twice running a batch (exit code {code})",
                                           retry_after=1) from None
@@ -312,26 +379,59 @@ class ProcessExecutor:
 # -- the child process ------------------------------------------------------------------------------
 
 
-def _serve(conn: Connection, kernel: str | None, threads: int, store: Store | None) -> None:  # pragma: no cover
-    """The executor process (its coverage is the engine tests'): receive the backbone, then load
-    tasks and run batches until told to stop."""
+def _serve(conn: Connection, load_conn: Connection, kernel: str | None, threads: int, store: Store | None,
+           spill_spec: tuple[int, str] | None) -> None:  # pragma: no cover
+    """The executor process (its coverage is the engine tests'): receive the backbone, then run batches
+    until told to stop, and cold loads on a thread and a pipe of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
     torch.set_num_threads(threads)
     try:
         backbone = Backbone.from_bytes(conn.recv_bytes()).freeze().eval()
         executor = Executor(backbone, kernel=kernel)
+        spill = SpillTier(*spill_spec) if spill_spec is not None else None
     except Exception as e:
         _send(conn, f"{type(e).__name__}: {e}")
         return
-    _send(conn, "ready")
-    tasks: dict[int, PreparedTask] = {}
+    tasks: dict[int, PreparedTask] = {}  # uid -> task; both threads change it (single dict operations)
 
     def load(spec: Spec) -> PreparedTask:
         assert store is not None
         uid, task_id, version, sha256 = spec
-        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, uid=uid)
+        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, uid=uid, spill=spill)
         return task
 
+    threading.Thread(target=_load_loop, args=(load_conn, load), name="nettailor-engine-load", daemon=True).start()
+    gc.collect()  # start-up objects (modules, the backbone) out of the collector's full passes, as in the
+    gc.freeze()  # server (server.runtime): each pass over them paused a batch or a load for tens of ms
+    _send(conn, "ready")
+    try:
+        _batch_loop(conn, executor, tasks, load)
+    finally:
+        if spill is not None:
+            spill.close()
+
+
+def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
+    """The child's load thread: one cold load at a time, answered with the task's description."""
+    try:
+        while True:
+            msg = _recv(conn)
+            assert isinstance(msg, tuple) and msg[0] == "load"
+            try:
+                reply: tuple = ("ok", load(msg[1:]).description())
+            except LoadFailure as e:  # this task's stored bytes: remembered by the server's cache
+                reply = ("fail", e.args)
+            except NetTailorError as e:  # the store is unreachable, or answers nonsense: the server raises it
+                reply = ("raise", e)
+            except Exception as e:
+                reply = ("error", f"{type(e).__name__}: {e}")
+            _send(conn, reply)
+    except (EOFError, OSError):  # the server went away, or replaced this process
+        return
+
+
+def _batch_loop(conn: Connection, executor: Executor, tasks: dict[int, PreparedTask],
+                load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
     while True:
         try:
             msg = _recv(conn)
@@ -340,19 +440,11 @@ def _serve(conn: Connection, kernel: str | None, threads: int, store: Store | No
         assert isinstance(msg, tuple)
         if msg[0] == "stop":
             return
-        if msg[0] == "load":
-            try:
-                _send(conn, ("ok", load(msg[1:]).description()))
-            except LoadFailure as e:  # this task's stored bytes: remembered by the server's cache
-                _send(conn, ("fail", e.args))
-            except NetTailorError as e:  # the store is unreachable, or answers nonsense: the server raises it
-                _send(conn, ("raise", e))
-            except Exception as e:
-                _send(conn, ("error", f"{type(e).__name__}: {e}"))
-            continue
         _, new, evict, batch = msg
         for uid in evict:
             tasks.pop(uid, None)
+        if evict:  # the freed tensors' pages back to the system (at most once a second: server.memory)
+            trim_heap()
         try:
             for t in new:
                 if isinstance(t, PreparedTask):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from blockstore import Backbone, BackboneMismatch, DigestMismatch, PackError, PackNotFound, Store, TaskPack
 
 from .prepared import PreparedTask
+from .spill import SpillTier
 
 __all__ = ["LoadFailure", "Prepare", "load_stored"]
 
@@ -60,27 +61,46 @@ class _Validated:
 _VALIDATED = _Validated()
 
 
+def _refused(task_id: str, e: DigestMismatch | PackNotFound) -> LoadFailure:
+    if isinstance(e, DigestMismatch):
+        return LoadFailure(f"task {task_id!r} cannot be served: {e.detail}", e.code, integrity=True)
+    return LoadFailure(e.detail, e.code, gone=True)
+
+
 def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, *,
-                uid: int | None = None) -> PreparedTask:
+                uid: int | None = None, spill: SpillTier | None = None) -> PreparedTask:
     """The one definition of a cold load: fetch the bytes stored under ``sha256`` (verified by the
     store), parse, validate against ``backbone`` (once per digest and process) and fold.  Runs in the
-    server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`."""
+    server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`.
+
+    With a ``spill`` tier (server.spill), a task folded before is mapped from its file instead, once
+    the store confirms that the digest is still stored and unmarked; a task folded here is written there."""
+    key = (backbone.backbone_id, sha256)
+    if spill is not None and key in spill:
+        try:
+            store.check_pack(sha256)
+        except (DigestMismatch, PackNotFound) as e:
+            raise _refused(task_id, e) from None
+        dev = next(backbone.parameters()).device
+        task = spill.load(*key, version=version, uid=uid, device=dev)
+        if task is not None:
+            return task
     try:
         data = store.get_pack_bytes(sha256, task_id)
-    except DigestMismatch as e:
-        raise LoadFailure(f"task {task_id!r} cannot be served: {e.detail}", e.code, integrity=True) from None
-    except PackNotFound as e:
-        raise LoadFailure(e.detail, e.code, gone=True) from None
+    except (DigestMismatch, PackNotFound) as e:
+        raise _refused(task_id, e) from None
     try:
         pack = TaskPack.from_bytes(data, backbone_id=backbone.backbone_id, verified_sha256=sha256)
         if pack.task_id != task_id:
             raise PackError(f"the stored pack names task {pack.task_id!r}")
-        key = _Validated.key(backbone.backbone_id, sha256)
-        task = PreparedTask.from_pack(pack, backbone, version=version, uid=uid, validated=key in _VALIDATED)
-        _VALIDATED.add(key)
-        return task
+        valid = _Validated.key(backbone.backbone_id, sha256)
+        task = PreparedTask.from_pack(pack, backbone, version=version, uid=uid, validated=valid in _VALIDATED)
+        _VALIDATED.add(valid)
     except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
         why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
         code = e.code if isinstance(e, PackError) else type(e).__name__
         raise LoadFailure(f"task {task_id!r} cannot be served: its stored pack (version {version}) {why}: "
                           f"{getattr(e, 'detail', e)}", code) from None
+    if spill is not None:
+        spill.save(backbone.backbone_id, task)
+    return task

@@ -10,6 +10,7 @@ ready from then on, with no restart.
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import os
@@ -35,9 +36,11 @@ from .cache import PackCache
 from .engine import ProcessExecutor, ceiling_for
 from .executor import Executor, executor_parallelism
 from .inference import Inference
+from .loading import Prepare, load_stored
 from .memory import trim_heap
 from .metrics import Metrics
 from .settings import Settings
+from .spill import SpillTier
 from .tasks import TaskManager
 from .versions import AliasTable
 
@@ -56,11 +59,14 @@ class Runtime:
     inference: Inference
     tasks: TaskManager
     subscription: Subscription
+    spill: SpillTier | None = None
 
     def close(self) -> None:
         self.subscription.close()
         self.batcher.close()
         self.cache.close()
+        if self.spill is not None:
+            self.spill.close()
 
 
 def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
@@ -74,16 +80,19 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     workers, threads = executor_parallelism(settings.executor_workers, settings.torch_threads)
     torch.set_num_threads(threads)
     executor: Executor | ProcessExecutor
+    spill: SpillTier | None = None  # the in-process executor's (the executor process keeps its own)
     process = settings.executor_process if settings.executor_process is not None else (os.cpu_count() or 1) >= 2
     if process and device.type == "cpu":
         # The executor process also makes the cold loads, from its own connection to the store: pack
         # bytes and tensors never enter the server process, which keeps only each task's description.
         executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
-                                   ceiling_bytes=ceiling_for(settings.cache_bytes), store=store)
-        prepare = executor.load
+                                   ceiling_bytes=ceiling_for(settings.cache_bytes), store=store,
+                                   spill_bytes=settings.spill_bytes, spill_dir=settings.spill_dir)
+        prepare: Prepare | None = executor.load
     else:
         executor = Executor(backbone, kernel=settings.executor_kernel)
-        prepare = None
+        spill = SpillTier(settings.spill_bytes, settings.spill_dir) if settings.spill_bytes else None
+        prepare = functools.partial(load_stored, store, backbone, spill=spill) if spill is not None else None
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s,
                       prepare=prepare, load_threads=settings.load_threads)
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
@@ -105,10 +114,12 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     except BaseException:
         batcher.close()
         cache.close()
+        if spill is not None:
+            spill.close()
         raise
     inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
                           max_tasks=settings.max_tasks_per_request, aliases=aliases)
-    return Runtime(backbone, cache, batcher, inference, tasks, subscription)
+    return Runtime(backbone, cache, batcher, inference, tasks, subscription, spill)
 
 
 def _publish(app: FastAPI, rt: Runtime, store: Store) -> None:

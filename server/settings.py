@@ -46,6 +46,11 @@ class Settings(BaseSettings):
     device: str | None = Field(None, description="cpu, cuda, cuda:N; default cuda when present")
     backbone: str | None = Field(None, description="backbone id to serve; default the store's default backbone")
     cache_bytes: int = Field(256 * 1024 * 1024, ge=0, description="pack cache budget in bytes of device tensors")
+    spill_bytes: int = Field(2 * 1024**3, ge=0, description="spill tier: local disk bytes for folded tasks evicted "
+                             "from the pack cache, mapped back instead of loaded from the store again "
+                             "(server.spill); 0: off")
+    spill_dir: str | None = Field(None, description="where the spill tier makes its private directory; default the "
+                                  "system's temporary directory")
     load_threads: int = Field(4, ge=1, description="cold loads of the pack cache in flight at once (on the CPU they "
                               "run in the executor process); more only queue there")
     max_queue: int = Field(256, ge=1, description="samples waiting for the executor before 'overloaded'")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import threading
 
 import pytest
 import torch
@@ -244,4 +245,21 @@ def test_a_task_the_cache_keeps_is_never_reloaded_in_a_batch(store, backbone, ma
         assert sent == []  # both loads ran in the process's load call; no batch loaded anything
     finally:
         cache.close()
+        ex.close()
+
+
+def test_a_load_runs_beside_the_batch_in_flight(store, backbone, make_pack) -> None:  # type: ignore[no-untyped-def]
+    """Loads have their own pipe: holding the batch pipe (as a batch in flight does) does not stop one."""
+    rec, _ = store.register("t1", make_pack("t1").to_bytes())
+    ex = ProcessExecutor(backbone, store=store)
+    done: list[PreparedTask] = []
+    try:
+        with ex._lock:  # a batch in flight
+            worker = threading.Thread(target=lambda: done.append(ex.load("t1", 1, rec.sha256)), daemon=True)
+            worker.start()
+            worker.join(120)  # liveness, not a timing: with one pipe for both, this load waited forever
+        assert [t.task_id for t in done] == ["t1"]
+        (row,) = ex.run_frames([(torch.randn(3, 32, 32), [done[0]])])  # held by the child: no reload
+        assert row[0].shape == (3,)
+    finally:
         ex.close()

@@ -1,0 +1,221 @@
+"""The spill tier: folded tasks kept on local disk, so that a task evicted from memory comes back cheaply.
+
+At 1,000 tasks the pack cache's budget holds a few hundred of them, and under Zipf popularity about a
+quarter of the requests name a task it does not hold.  A cold load from the store (fetch 1.4 MB,
+hash it, parse, fold) cost about 8 ms of the executor process's time at that load, and those loads
+were 62% of it (bench/serve_bench.py).  A task that was folded once is written here, in the
+executor's own layout, and its next load maps the file instead: no fetch, no hash, no fold.
+
+* **One file per (backbone, pack digest)**: a header, the task's description pickled with each
+  tensor replaced by its place in the file, then the raw tensors, 64-byte aligned.  A load maps the
+  file copy-on-write and makes each tensor a view of the mapping (``torch.frombuffer``): the pages
+  are the page cache's, read on first use, and given back when the task's last tensor dies.
+* **The store still decides**: before a file is used again, :meth:`blockstore.Store.check_pack` asks
+  the store (one round trip, without the bytes) whether the digest is still stored and unmarked.
+  So a digest marked corrupt, or collected, is refused exactly as a fetch would refuse it, and every
+  replica tells one story whether or not it kept a copy here.
+* **Bounded on disk**: at most ``budget`` bytes, least recently used files deleted first (a mapped
+  file that is deleted stays valid for the tensors that map it).
+* **Private**: each server instance writes into a directory of its own (``mkdtemp``, mode 0700),
+  made inside ``root`` (default: the system's temporary directory) and removed by :meth:`close`.
+  Only this instance writes there, which is why a file's pickle is trusted.  A server killed with
+  SIGKILL leaves its directory behind (``nettailor-spill-*``).
+* **Never a reason to fail**: a file that cannot be written (a full disk) or read back (truncated,
+  damaged) is logged and dropped, and the load goes to the store as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import mmap
+import os
+import pickle
+import shutil
+import struct
+import tempfile
+import threading
+from collections import OrderedDict
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from .prepared import PreparedTask, new_uid
+
+__all__ = ["SpillTier"]
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"NTSPILL1"
+_HEAD = struct.Struct("<8sQ")  # magic, length of the pickle that follows
+_ALIGN = 64
+
+
+def _aligned(n: int) -> int:
+    return -(-n // _ALIGN) * _ALIGN
+
+
+class _Writer(pickle.Pickler):
+    """Pickles a task with each tensor replaced by (dtype, shape, index): the bytes go after it."""
+
+    def __init__(self, buf: io.BytesIO) -> None:
+        super().__init__(buf, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tensors: list[Tensor] = []
+
+    def persistent_id(self, obj: object) -> object:
+        if isinstance(obj, Tensor):
+            self.tensors.append(obj.detach().to("cpu").contiguous())
+            return (str(obj.dtype).removeprefix("torch."), tuple(obj.shape), len(self.tensors) - 1)
+        return None
+
+
+class _Reader(pickle.Unpickler):
+    """Undoes :class:`_Writer`: each tensor is a view of the mapped file.  Tensors are met in the order
+    they were written, so each one's place follows from the sizes of those before it."""
+
+    def __init__(self, meta: bytes, mapped: mmap.mmap, start: int, device: torch.device) -> None:
+        super().__init__(io.BytesIO(meta))
+        self.mapped, self.at, self.device, self.next = mapped, start, device, 0
+
+    def persistent_load(self, pid: object) -> Tensor:
+        assert isinstance(pid, tuple)
+        dtype_name: str = pid[0]
+        shape: tuple[int, ...] = pid[1]
+        i: int = pid[2]
+        if i != self.next:
+            raise ValueError(f"tensor {i} where tensor {self.next} was expected")
+        self.next += 1
+        dtype = getattr(torch, dtype_name)
+        count = math.prod(shape)
+        at, self.at = self.at, _aligned(self.at + count * dtype.itemsize)
+        if count == 0:
+            return torch.empty(shape, dtype=dtype, device=self.device)
+        t = torch.frombuffer(self.mapped, dtype=dtype, count=count, offset=at).view(shape)
+        return t if self.device.type == "cpu" else t.to(self.device)
+
+
+def _raw(t: Tensor) -> bytes:
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+
+
+class SpillTier:
+    """Folded tasks on local disk, keyed by (backbone, pack digest); thread-safe."""
+
+    def __init__(self, budget: int, root: str | os.PathLike[str] | None = None) -> None:
+        if budget <= 0:
+            raise ValueError("a spill tier needs a positive budget (0 turns it off: use None)")
+        self.budget = budget
+        if root is not None:
+            Path(root).mkdir(parents=True, exist_ok=True)
+        self.dir = Path(tempfile.mkdtemp(prefix="nettailor-spill-", dir=root))  # mode 0700: ours alone
+        self._files: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, least recently used first
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = self.writes = 0
+
+    def __repr__(self) -> str:
+        return f"SpillTier({str(self.dir)!r}, {self._bytes}/{self.budget} bytes, {len(self._files)} tasks)"
+
+    @property
+    def nbytes(self) -> int:
+        with self._lock:
+            return self._bytes
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._files)
+
+    @staticmethod
+    def _name(backbone_id: str, sha256: str) -> str:
+        return f"{backbone_id[:16]}-{sha256}.nts"
+
+    def __contains__(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return self._name(*key) in self._files
+
+    def close(self) -> None:
+        """Delete every file and the directory (tensors still mapped stay valid)."""
+        with self._lock:
+            self._files.clear()
+            self._bytes = 0
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _drop(self, name: str) -> None:
+        """Under the lock."""
+        size = self._files.pop(name, None)
+        if size is not None:
+            self._bytes -= size
+        with contextlib.suppress(OSError):
+            (self.dir / name).unlink()
+
+    def save(self, backbone_id: str, task: PreparedTask) -> None:
+        """Write ``task`` (folded, resident) for later loads; a failure is logged, never raised."""
+        name = self._name(backbone_id, task.sha256)
+        with self._lock:
+            if name in self._files:
+                self._files.move_to_end(name)
+                return
+        buf = io.BytesIO()
+        w = _Writer(buf)
+        w.dump(replace(task, uid=0))
+        meta = buf.getvalue()
+        at = start = _aligned(_HEAD.size + len(meta))
+        for t in w.tensors:
+            at = _aligned(at + t.numel() * t.element_size())
+        if at > self.budget:
+            return
+        tmp = self.dir / f".{name}.{threading.get_ident()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(_HEAD.pack(_MAGIC, len(meta)) + meta)
+                at = start
+                for t in w.tensors:
+                    f.seek(at)
+                    f.write(_raw(t))
+                    at = _aligned(at + t.numel() * t.element_size())
+                f.truncate(at)
+            os.replace(tmp, self.dir / name)
+        except OSError as e:
+            log.warning("cannot spill task %r to %s: %s", task.task_id, self.dir, e)
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            return
+        with self._lock:
+            if name not in self._files:
+                self._files[name] = at
+                self._bytes += at
+            self.writes += 1
+            while self._bytes > self.budget and len(self._files) > 1:
+                self._drop(next(iter(self._files)))
+
+    def load(self, backbone_id: str, sha256: str, *, version: int, uid: int | None,
+             device: torch.device) -> PreparedTask | None:
+        """The task spilled under (backbone, digest), its tensors mapped from the file (copied to
+        ``device`` when not the CPU), or None when none is held or the file cannot be read back."""
+        name = self._name(backbone_id, sha256)
+        with self._lock:
+            if name not in self._files:
+                return None
+            self._files.move_to_end(name)
+        try:
+            with open(self.dir / name, "rb") as f:
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+            magic, n = _HEAD.unpack_from(mapped, 0)
+            if magic != _MAGIC:
+                raise ValueError("not a spill file")
+            task = _Reader(mapped[_HEAD.size:_HEAD.size + n], mapped, _aligned(_HEAD.size + n), device).load()
+            if not isinstance(task, PreparedTask) or task.sha256 != sha256:
+                raise ValueError("the file holds another task")
+        except Exception as e:  # damaged, truncated, deleted: the store has the bytes
+            log.warning("spilled task %s... cannot be read back (%s: %s); loading it from the store",
+                        sha256[:12], type(e).__name__, e)
+            with self._lock:
+                self._drop(name)
+            return None
+        with self._lock:
+            self.hits += 1
+        return replace(task, version=version, uid=new_uid() if uid is None else uid)

@@ -1,0 +1,173 @@
+"""server.spill: a folded task kept on local disk comes back bit for bit, only while the store still
+vouches for its digest, within its byte budget, and never as a reason to fail a load."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+
+from blockstore import DirStore, PackNotFound
+from server.engine import ProcessExecutor
+from server.executor import Executor, PreparedTask
+from server.loading import LoadFailure, load_stored
+from server.spill import SpillTier
+from tests.conftest import flip_stored_byte
+from tests.server.test_executor import _build, _inputs
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def spill(tmp_path):  # type: ignore[no-untyped-def]
+    tier = SpillTier(1 << 30, tmp_path / "spill")
+    yield tier
+    tier.close()
+
+
+@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
+def any_store(request, tmp_path, backbone):  # type: ignore[no-untyped-def]
+    store = DirStore(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("redis_store")
+    store.put_backbone(backbone.to_bytes())
+    return store
+
+
+@pytest.mark.parametrize("case", ["resnet10-basic", "resnet10-bottleneck-proxies"])
+def test_a_spilled_task_computes_exactly_what_it_was_folded_into(case, spill) -> None:
+    """Plans with dropped blocks, dead nodes, frozen and per-task BN, basic and bottleneck proxies."""
+    bb, tasks, _ = _build(case)
+    ex, xs = Executor(bb), _inputs(4)
+    for t in tasks:
+        spill.save(bb.backbone_id, t)
+        back = spill.load(bb.backbone_id, t.sha256, version=7, uid=123, device=CPU)
+        assert back is not None and (back.uid, back.version, back.nbytes) == (123, 7, t.nbytes)
+        assert (back.task_id, back.labels, back.plan, back.preprocess) == (t.task_id, t.labels, t.plan, t.preprocess)
+        assert len(back.tensors()) == len(t.tensors())
+        assert all(torch.equal(a, b) for a, b in zip(back.tensors(), t.tensors()))
+        want = ex.run([(t, x) for x in xs])
+        got = ex.run([(back, x) for x in xs])
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert spill.hits == spill.writes == len(tasks)
+
+
+def test_the_directory_is_private_and_goes_with_close(tmp_path, make_pack, backbone) -> None:  # type: ignore[no-untyped-def]
+    tier = SpillTier(1 << 26, tmp_path)
+    assert tier.dir.parent == tmp_path and stat.S_IMODE(tier.dir.stat().st_mode) == 0o700
+    task = PreparedTask.from_pack(make_pack("t1"), backbone, version=1)
+    tier.save(backbone.backbone_id, task)
+    back = tier.load(backbone.backbone_id, task.sha256, version=1, uid=None, device=CPU)
+    assert back is not None and back.uid != task.uid
+    tier.close()
+    assert not tier.dir.exists() and len(tier) == 0
+    assert all(torch.equal(a, b) for a, b in zip(back.tensors(), task.tensors()))  # still mapped
+    with pytest.raises(ValueError, match="positive budget"):
+        SpillTier(0)
+
+
+def test_the_budget_drops_the_least_recently_used_files(tmp_path, make_pack, backbone) -> None:  # type: ignore[no-untyped-def]
+    tasks = [PreparedTask.from_pack(make_pack(f"t{i}", seed=i), backbone, version=1) for i in range(3)]
+    probe = SpillTier(1 << 30, tmp_path)
+    probe.save(backbone.backbone_id, tasks[0])
+    size = probe.nbytes
+    probe.close()
+    tier = SpillTier(2 * size + size // 2, tmp_path)  # room for two
+    bid = backbone.backbone_id
+    tier.save(bid, tasks[0])
+    tier.save(bid, tasks[1])
+    assert tier.load(bid, tasks[0].sha256, version=1, uid=None, device=CPU) is not None  # t0 used: t1 is older
+    tier.save(bid, tasks[2])
+    assert len(tier) == 2 and tier.nbytes <= tier.budget
+    assert (bid, tasks[1].sha256) not in tier and tier.load(bid, tasks[1].sha256, version=1, uid=None,
+                                                            device=CPU) is None
+    assert sorted(p.name for p in tier.dir.iterdir()) == sorted(
+        SpillTier._name(bid, t.sha256) for t in (tasks[0], tasks[2]))
+    tier.close()
+
+
+def test_a_reload_maps_the_file_instead_of_fetching(any_store, backbone, make_pack, spill, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
+    first = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    assert spill.writes == 1 and spill.hits == 0
+
+    def no_fetch(*a: object, **k: object) -> bytes:
+        raise AssertionError("fetched from the store")
+
+    monkeypatch.setattr(type(any_store), "get_pack_bytes", no_fetch)
+    again = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, uid=99, spill=spill)
+    assert spill.hits == 1 and again.uid == 99
+    assert all(torch.equal(a, b) for a, b in zip(again.tensors(), first.tensors()))
+
+
+def test_the_store_still_decides(any_store, backbone, make_pack, spill) -> None:  # type: ignore[no-untyped-def]
+    """A digest marked corrupt, or collected, is refused as a fetch would refuse it, copy or no copy."""
+    data = make_pack("t1").to_bytes()
+    rec, _ = any_store.register("t1", data)
+    load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    flip_stored_byte(any_store, rec.sha256, len(data) - 3)
+    with pytest.raises(LoadFailure, match="hash to"):  # the first read marks the digest
+        load_stored(any_store, backbone, "t1", rec.version, rec.sha256)
+    with pytest.raises(LoadFailure, match="marked corrupt") as e:
+        load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    assert e.value.integrity and spill.hits == 0
+    any_store.register("t1", data)  # the repair clears the mark: the copy is good again
+    assert load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill).task_id == "t1"
+    assert spill.hits == 1
+    any_store.delete("t1")
+    any_store.collect_garbage()  # bytes no version references go
+    with pytest.raises(PackNotFound):
+        any_store.check_pack(rec.sha256)
+    with pytest.raises(LoadFailure) as e:
+        load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    assert e.value.gone
+
+
+def test_a_damaged_file_is_dropped_and_the_store_answers(any_store, backbone, make_pack, spill, caplog) -> None:  # type: ignore[no-untyped-def]
+    rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
+    want = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    path = spill.dir / SpillTier._name(backbone.backbone_id, rec.sha256)
+    os.truncate(path, path.stat().st_size // 2)
+    with caplog.at_level(logging.WARNING, logger="server.spill"):
+        got = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    assert "cannot be read back" in caplog.text and spill.hits == 0
+    assert all(torch.equal(a, b) for a, b in zip(got.tensors(), want.tensors()))
+    assert path.stat().st_size > 0 and (backbone.backbone_id, rec.sha256) in spill  # written again, whole
+    path.write_bytes(b"not a spill file at all, but long enough" * 4)
+    assert spill.load(backbone.backbone_id, rec.sha256, version=1, uid=None, device=CPU) is None
+    assert not path.exists() and len(spill) == 0
+
+
+def test_a_full_disk_is_logged_not_raised(backbone, make_pack, spill, caplog) -> None:  # type: ignore[no-untyped-def]
+    task = PreparedTask.from_pack(make_pack("t1"), backbone, version=1)
+    spill.dir.chmod(0o500)  # no writes (as root, which ignores modes, the save simply succeeds)
+    try:
+        with caplog.at_level(logging.WARNING, logger="server.spill"):
+            spill.save(backbone.backbone_id, task)
+    finally:
+        spill.dir.chmod(0o700)
+    assert (len(spill) == 0 and "cannot spill" in caplog.text) or (len(spill) == 1 and os.geteuid() == 0)
+
+
+def test_the_executor_process_spills_and_a_new_child_starts_empty(store, backbone, make_pack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    rec, _ = store.register("t1", make_pack("t1").to_bytes())
+    ex = ProcessExecutor(backbone, store=store, spill_bytes=1 << 30, spill_dir=str(tmp_path / "spill"))
+    (root,) = list((tmp_path / "spill").iterdir())
+
+    def files() -> list[Path]:
+        return list(root.rglob("*.nts"))
+
+    try:
+        desc = ex.load("t1", 1, rec.sha256)
+        assert len(files()) == 1
+        (row,) = ex.run_frames([(torch.randn(3, 32, 32), [desc])])
+        os.kill(ex.pid, signal.SIGKILL)  # type: ignore[arg-type]
+        (again,) = ex.run_frames([(torch.randn(3, 32, 32), [desc])])  # reloaded by the new child
+        assert ex.restarts == 1 and row[0].shape == again[0].shape
+        assert len(files()) == 1 and len(list(root.iterdir())) == 1  # the dead child's directory is gone
+    finally:
+        ex.close()
+    assert not root.exists()
