@@ -128,6 +128,7 @@ def summarise_latencies(latencies: list[float]) -> dict[str, float]:
 class ProcStats:
     cpu_s: float  # user + system seconds of the process and its descendants
     rss_mb: float
+    rss_file_mb: float = 0.0  # of which mapped files (the spill tier's tasks, shared with the page cache)
 
 
 def _children(pid: int) -> list[int]:
@@ -139,7 +140,7 @@ def _children(pid: int) -> list[int]:
 
 def proc_stats(pid: int) -> ProcStats:
     """CPU seconds and resident memory of ``pid`` and every descendant (worker processes included)."""
-    cpu, rss = 0.0, 0.0
+    cpu, rss, rss_file = 0.0, 0.0, 0.0
     todo = [pid]
     while todo:
         p = todo.pop()
@@ -149,10 +150,12 @@ def proc_stats(pid: int) -> ProcStats:
             for line in Path(f"/proc/{p}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     rss += int(line.split()[1]) / 1024
+                elif line.startswith("RssFile:"):
+                    rss_file += int(line.split()[1]) / 1024
             todo += _children(p)
         except (FileNotFoundError, ProcessLookupError):
             continue
-    return ProcStats(cpu, rss)
+    return ProcStats(cpu, rss, rss_file)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:

@@ -27,6 +27,7 @@ Writes bench/out/serve_bench.json (and .png).  Profile the server at one point:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import io
 import json
 import os
@@ -35,6 +36,7 @@ import random
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -120,8 +122,34 @@ async def _point(port: int, tasks: list[str], dist: str, conc: int, seconds: flo
         mean["outside_ms"] = 1000.0 * sum(load.latencies) / len(load.latencies) - mean["total_ms"]
     return {"requests": load.requests, "errors": load.errors, "throughput_rps": load.requests / load.wall_s,
             **lat, "server_cores": (s1.cpu_s - s0.cpu_s) / load.wall_s,
-            "loadgen_cores": (c1 - c0) / load.wall_s, "rss_mb": s1.rss_mb, "server_phases_ms": mean,
+            "loadgen_cores": (c1 - c0) / load.wall_s, "rss_mb": s1.rss_mb, "rss_file_mb": s1.rss_file_mb,
+            "server_phases_ms": mean,
             "server_thread_cores": busiest}
+
+
+async def _prime(port: int, tasks: list[str], frame: bytes, conc: int = 8) -> float:
+    """Ask for every task once, ``conc`` at a time, in a shuffled order: the server then stands as after
+    a while in service, every task loaded once (and, with the spill tier, kept on local disk).  Seconds."""
+    order = random.Random(3).sample(tasks, len(tasks))
+    conns = [Conn("127.0.0.1", port) for _ in range(conc)]
+    t0 = time.perf_counter()
+
+    async def worker(k: int) -> None:
+        for tid in order[k::conc]:
+            status, body = await conns[k].post(f"/v1/tasks/{tid}/predict", frame)
+            if status != 200:
+                raise RuntimeError(f"priming {tid}: HTTP {status}: {body[:200]!r}")
+
+    try:
+        await asyncio.gather(*(worker(k) for k in range(conc)))
+    finally:
+        for c in conns:
+            await c.close()
+    return time.perf_counter() - t0
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
 
 
 def _thread_cpu(pid: int) -> dict[int, float]:
@@ -140,7 +168,10 @@ def _thread_cpu(pid: int) -> dict[int, float]:
 def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], dist: str, c: int,
              frames: list[bytes], metrics_url: str | None) -> dict:
     loop = new_loop()
+    primed = None
     try:
+        if args.prime:
+            primed = loop.run_until_complete(_prime(port, tasks, frames[0]))
         loop.run_until_complete(_point(port, tasks, dist, c, args.warmup, frames, 1, pid))
         before = httpx.get(metrics_url).text if metrics_url else ""
         profiler = _profile(pid, args) if args.profile else None
@@ -153,6 +184,7 @@ def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], di
                 print(json.dumps(point["profile"]["phase_share"], indent=1), flush=True)
     finally:
         loop.close()
+    point["prime_s"] = primed
     if metrics_url:
         after = httpx.get(metrics_url).text
         tot = metric_sum(after, "nettailor_batch_samples_total") - metric_sum(before, "nettailor_batch_samples_total")
@@ -237,7 +269,7 @@ def _server_env(args: argparse.Namespace) -> dict[str, str]:
 def _systems(args: argparse.Namespace, n: int, prefix: str) -> dict:
     env = {"NETTAILOR_STORE": f"{args.redis}?prefix={prefix}n{n}:", "NETTAILOR_TOKEN": "bench",
            "NETTAILOR_MAX_BATCH": str(args.max_batch), "NETTAILOR_BATCH_WINDOW_MS": str(args.window_ms),
-           "NETTAILOR_MAX_QUEUE": "4096", "NETTAILOR_DEVICE": args.device}
+           "NETTAILOR_MAX_QUEUE": "4096", "NETTAILOR_DEVICE": args.device, "NETTAILOR_SPILL_DIR": str(args.spill_dir)}
     env.update(_server_env(args))
     out = {"nettailor": ([sys.executable, "-m", "nettailor", "serve", "--host", "127.0.0.1"], env, "/readyz")}
     if "baseline" in args.systems.split(",") and n <= args.baseline_max_tasks:
@@ -269,6 +301,10 @@ def _args() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true", help="record the server with py-spy at every point")
     ap.add_argument("--profile-gil", action="store_true", help="with --profile: only samples of the thread "
                     "holding the GIL (their count against rate x seconds is the GIL's busy share)")
+    ap.add_argument("--prime", action=argparse.BooleanOptionalAction, default=True,
+                    help="before each point's warm-up, ask for every task once, as a server in service has "
+                         "(--no-prime: a freshly started server, whose first loads of each task fall in the "
+                         "measured seconds at N = 1,000)")
     ap.add_argument("--quick", action="store_true", help="N in {1,20,1000}, C=32, zipf, 4 s per point")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_bench.json"), help="JSON output path")
     args = ap.parse_args()
@@ -307,6 +343,7 @@ def main() -> None:
         print(f"[bench] executor: {json.dumps({k: round(v) for k, v in r.items()})}", flush=True)
         return r
 
+    args.spill_dir = Path(tempfile.mkdtemp(prefix="ntbench-spill-"))  # the server's spill tier, measured per point
     rates = [limit()]
     prefix = f"ntbench-{uuid.uuid4().hex[:8]}:"
     rds = redis.Redis.from_url(args.redis)
@@ -334,15 +371,18 @@ def main() -> None:
                         for c in cs:
                             point = _measure(port, proc.pid, args, task_ids[:n], dist, c, frames,
                                              url + "/metrics" if system == "nettailor" else None)
-                            point.update(system=system, tasks=n, dist=dist, concurrency=c, idle_rss_mb=idle)
+                            point.update(system=system, tasks=n, dist=dist, concurrency=c, idle_rss_mb=idle,
+                                         spill_mb=_dir_mb(args.spill_dir))
                             results.append(point)
                             print(f"[bench] {system:9s} N={n:4d} {dist:7s} C={c:2d}: {point['throughput_rps']:7.1f} "
                                   f"req/s  p50 {point['p50_ms']:6.1f}  p99 {point['p99_ms']:6.1f} ms  server "
                                   f"{point['server_cores']:.2f} cores  loadgen {point['loadgen_cores']:.2f}  rss "
-                                  f"{point['rss_mb']:.0f} MB  errors {point['errors']}", flush=True)
+                                  f"{point['rss_mb']:.0f} MB  spill {point['spill_mb']:.0f} MB  "
+                                  f"errors {point['errors']}", flush=True)
                 finally:
                     stop_server(proc)
     finally:
+        shutil.rmtree(args.spill_dir, ignore_errors=True)
         keys = list(rds.scan_iter(match=f"{prefix}*"))
         for i in range(0, len(keys), 500):
             rds.delete(*keys[i : i + 500])
@@ -353,8 +393,8 @@ def main() -> None:
                     "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
                     "note": "shared with other agents: compare ratios from one run, not absolute figures"},
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "config": {**vars(args), "mean_pack_mb": pack_mb, "executor_threads": machine_threads,
-                   "server_executor_threads": server_threads},
+        "config": {**vars(args), "spill_dir": str(args.spill_dir), "mean_pack_mb": pack_mb,
+                   "executor_threads": machine_threads, "server_executor_threads": server_threads},
         "executor_img_per_s": executor, "executor_runs": rates,
         "results": results,
         "summary": summarise(results, executor),
