@@ -7,7 +7,10 @@ from other processes hits them alike:
 * ``active``  - the same task as the previous request (nothing to switch);
 * ``hot``     - a different task whose pack is cached (the switch is a cache hit);
 * ``cold``    - a different task whose pack is not cached: fetched from Redis, parsed, validated and
-                moved to the device (the cache entry is invalidated before each request);
+                moved to the device (the cache entry is invalidated before each request); with the
+                spill tier (``nettailor serve``'s default), its first load, which also writes the file;
+* ``spilled`` - (``--spill``) a different task evicted from the cache but kept by the spill tier
+                (server.spill): the store checks the digest, the file is mapped back;
 * ``full``    - what a server without NetTailor does: fetch a full fine-tuned ResNet of the same
                 architecture from the same Redis, deserialise it, move it to the device, run it.
 
@@ -18,6 +21,7 @@ Needs Redis on 127.0.0.1:6379 (keys under a unique prefix, deleted afterwards).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import statistics
@@ -44,7 +48,9 @@ from blockstore.testing import randomize
 from server.cache import PackCache
 from server.engine import ProcessExecutor
 from server.executor import Executor
+from server.loading import load_stored
 from server.metrics import Metrics
+from server.spill import SpillTier
 
 
 def _pct(xs: list[float], q: float) -> float:
@@ -70,8 +76,13 @@ def main() -> None:
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/0", help="Redis URL")
     ap.add_argument("--executor-process", action="store_true", help="run the executor in its own process, as "
                     "`nettailor serve` does on the CPU (a cold switch then also sends the task's tensors to it)")
+    ap.add_argument("--spill", action=argparse.BooleanOptionalAction, default=True,
+                    help="a spill tier beside the cache, as `nettailor serve` has by default: cold loads also "
+                         "write the file, and the 'spilled' kind maps it back (in-process executor only)")
     ap.add_argument("--out", default=None, help="write the figures as JSON here")
     args = ap.parse_args()
+    if args.executor_process:
+        args.spill = False  # the executor process keeps its own spill tier, out of this script's reach
     torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
 
@@ -96,12 +107,15 @@ def main() -> None:
             store.register(tid, data)
             pack_bytes = len(data)
 
-        cache = PackCache(store, backbone, 1 << 34, Metrics())
+        spill = SpillTier(1 << 34) if args.spill else None
+        cache = PackCache(store, backbone, 1 << 34, Metrics(),
+                          prepare=functools.partial(load_stored, store, backbone, spill=spill))
         executor: Executor | ProcessExecutor = (ProcessExecutor(backbone, ceiling_bytes=1 << 34)
                                                 if args.executor_process else Executor(backbone))
         x = torch.randn(3, args.size, args.size)
 
-        switch: dict[str, list[float]] = {"active": [], "hot": [], "cold": [], "full": []}
+        kinds = ["active", "hot", "cold", *(["spilled"] if spill is not None else []), "full"]
+        switch: dict[str, list[float]] = {k: [] for k in kinds}
 
         def request(tid: str, kind: str | None = None) -> float:
             t0 = time.perf_counter()
@@ -130,7 +144,7 @@ def main() -> None:
             request(tid)
         full_reload(record=False)
 
-        times: dict[str, list[float]] = {"active": [], "hot": [], "cold": [], "full": []}
+        times: dict[str, list[float]] = {k: [] for k in kinds}
         every = max(1, args.reps // max(1, args.full_reps))
         for r in range(args.reps):
             a, b = tids[r % len(tids)], tids[(r + 1) % len(tids)]
@@ -138,7 +152,13 @@ def main() -> None:
             times["active"].append(request(a, "active"))  # same task as the request before
             times["hot"].append(request(b, "hot"))  # another task, cached
             cache.invalidate(a)
+            if spill is not None:
+                spill.discard(backbone.backbone_id, store.get_record(a).sha256)
             times["cold"].append(request(a, "cold"))  # another task, fetched from Redis
+            if spill is not None:
+                request(b)
+                cache.invalidate(a)
+                times["spilled"].append(request(a, "spilled"))  # another task, mapped back from local disk
             if r % every == 0 and len(times["full"]) < args.full_reps:
                 times["full"].append(full_reload())
 
@@ -149,7 +169,7 @@ def main() -> None:
         res = {k: stats(v) for k, v in times.items()}
         sw = {k: stats(v) for k, v in switch.items()}
         summary = {
-            "device": str(device), "executor_process": args.executor_process,
+            "device": str(device), "executor_process": args.executor_process, "spill": args.spill,
             "arch": args.arch, "stem": args.stem, "size": args.size, "tasks": args.tasks,
             "pack_bytes": pack_bytes, "full_model_bytes": full_bytes,
             "task_tensor_bytes_on_device": cache.nbytes // max(1, len(cache.cached_tasks())),
@@ -181,6 +201,8 @@ def main() -> None:
             with open(args.out, "w") as f:
                 json.dump(summary, f, indent=2)
         executor.close()
+        if spill is not None:
+            spill.close()
     finally:
         keys = list(store._client.scan_iter(match=f"{store.prefix}*"))
         if keys:

@@ -144,6 +144,11 @@ class SpillTier:
             self._bytes = 0
         shutil.rmtree(self.dir, ignore_errors=True)
 
+    def discard(self, backbone_id: str, sha256: str) -> None:
+        """Forget the file of (backbone, digest), if any."""
+        with self._lock:
+            self._drop(self._name(backbone_id, sha256))
+
     def _drop(self, name: str) -> None:
         """Under the lock."""
         size = self._files.pop(name, None)
