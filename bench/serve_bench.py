@@ -202,6 +202,7 @@ def _measure(port: int, pid: int, args: argparse.Namespace, tasks: list[str], di
         point["cache_miss_share"] = misses / max(1.0, hits + misses)
         point["pack_loads_per_s"] = loads / args.seconds
         point["pack_load_mean_ms"] = 1000.0 * delta("nettailor_pack_load_seconds_sum") / max(1.0, loads)
+        point["spill_load_share"] = delta('nettailor_pack_load_seconds_count{source="spill"}') / max(1.0, loads)
     return point
 
 

@@ -319,7 +319,7 @@ class PackCache:
                     self._gen.clear()
             flight.done.set()
             raise
-        self.metrics.pack_load.observe(time.perf_counter() - t0)
+        self.metrics.pack_load.labels("spill" if task.spilled else "store").observe(time.perf_counter() - t0)
         entry = _Entry(task)
         with self._lock:
             self.loads += 1

@@ -85,8 +85,9 @@ class Metrics:
         self.cache_bytes = Gauge("nettailor_cache_bytes", "Device bytes held by cached and in-use task tensors",
                                  registry=r)
         self.cache_entries = Gauge("nettailor_cache_entries", "Tasks in the pack cache", registry=r)
-        self.pack_load = Histogram("nettailor_pack_load_seconds", "Time to fetch a pack and prepare it on the "
-                                   "device", buckets=_LATENCY, registry=r)
+        self.pack_load = Histogram("nettailor_pack_load_seconds", "Time to load a task on a cache miss, by "
+                                   "source: 'store' (fetch, verify, fold) or 'spill' (mapped back from the spill "
+                                   "tier, server.spill)", ["source"], buckets=_LATENCY, registry=r)
         self.pack_failures = Counter("nettailor_pack_load_failures", "Pack loads that failed, by code",
                                      ["code"], registry=r)
         self.integrity_failures = Counter("nettailor_integrity_failures", "Stored bytes that failed their SHA-256 "

@@ -125,6 +125,7 @@ class PreparedTask:
     nbytes: int = 0  # the bytes of its tensors (wherever they are held: see ``resident``)
     uid: int = field(default_factory=new_uid)
     resident: bool = True  # False: a description only; the executor process holds the tensors
+    spilled: bool = False  # loaded from the spill tier (server.spill), not from the store
 
     def description(self) -> PreparedTask:
         """This task without its tensors, for the server process when the executor process holds them

@@ -223,4 +223,4 @@ class SpillTier:
             return None
         with self._lock:
             self.hits += 1
-        return replace(task, version=version, uid=new_uid() if uid is None else uid)
+        return replace(task, version=version, uid=new_uid() if uid is None else uid, spilled=True)

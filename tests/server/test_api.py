@@ -149,7 +149,8 @@ def test_operations_endpoints(client, store, make_pack) -> None:
     text = client.get("/metrics").text
     for name in ("nettailor_requests_total{endpoint=\"predict\",outcome=\"ok\",task=\"t1\"} 2.0",
                  "nettailor_cache_hits_total 1.0", "nettailor_cache_misses_total 1.0",
-                 "nettailor_pack_load_seconds_count 1.0", "nettailor_queue_depth", "nettailor_batch_size_bucket",
+                 'nettailor_pack_load_seconds_count{source="store"} 1.0', "nettailor_queue_depth",
+                 "nettailor_batch_size_bucket",
                  "nettailor_batch_mixed_share", "nettailor_request_latency_seconds_bucket",
                  "nettailor_cache_evictions_total"):
         assert name in text, name

@@ -43,7 +43,8 @@ def test_fifty_concurrent_first_requests_load_once(client, store, make_pack, mon
     assert client.portal.call(fire) == [200] * 50
     assert calls == ["t1"]
     text = client.get("/metrics").text
-    assert "nettailor_pack_load_seconds_count 1.0" in text and "nettailor_cache_misses_total 50.0" in text
+    assert 'nettailor_pack_load_seconds_count{source="store"} 1.0' in text
+    assert "nettailor_cache_misses_total 50.0" in text
 
 
 def test_single_flight_across_threads(store, backbone, make_pack) -> None:

@@ -3,6 +3,7 @@ vouches for its digest, within its byte budget, and never as a reason to fail a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -13,9 +14,11 @@ import pytest
 import torch
 
 from blockstore import DirStore, PackNotFound
+from server.cache import PackCache
 from server.engine import ProcessExecutor
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure, load_stored
+from server.metrics import Metrics
 from server.spill import SpillTier
 from tests.conftest import flip_stored_byte
 from tests.server.test_executor import _build, _inputs
@@ -99,7 +102,7 @@ def test_a_reload_maps_the_file_instead_of_fetching(any_store, backbone, make_pa
 
     monkeypatch.setattr(type(any_store), "get_pack_bytes", no_fetch)
     again = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, uid=99, spill=spill)
-    assert spill.hits == 1 and again.uid == 99
+    assert spill.hits == 1 and again.uid == 99 and again.spilled and not first.spilled
     assert all(torch.equal(a, b) for a, b in zip(again.tensors(), first.tensors()))
 
 
@@ -171,3 +174,22 @@ def test_the_executor_process_spills_and_a_new_child_starts_empty(store, backbon
     finally:
         ex.close()
     assert not root.exists()
+
+
+def test_the_cache_counts_loads_by_source(store, backbone, make_pack, spill) -> None:  # type: ignore[no-untyped-def]
+    """An evicted task comes back from the spill tier, and /metrics says so."""
+    for i in range(2):
+        store.register(f"t{i}", make_pack(f"t{i}", seed=i).to_bytes())
+    one = PreparedTask.from_pack(make_pack("t0"), backbone, version=1).nbytes
+    metrics = Metrics()
+    cache = PackCache(store, backbone, one + one // 2, metrics,  # room for one task
+                      prepare=functools.partial(load_stored, store, backbone, spill=spill))
+    try:
+        for tid in ("t0", "t1", "t0", "t1"):
+            with cache.lease(tid) as lease:
+                assert lease.task.task_id == tid
+    finally:
+        cache.close()
+    text = metrics.render().decode()
+    assert 'nettailor_pack_load_seconds_count{source="store"} 2.0' in text
+    assert 'nettailor_pack_load_seconds_count{source="spill"} 2.0' in text
