@@ -43,16 +43,13 @@ import io
 import logging
 import multiprocessing as mp
 import pickle
-import shutil
 import signal
-import tempfile
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -65,7 +62,7 @@ from .executor import Executor, PreparedTask
 from .loading import LoadFailure, load_stored
 from .memory import trim_heap
 from .prepared import new_uid
-from .spill import SpillTier
+from .spill import PrivateDir, SpillTier
 
 __all__ = ["EngineError", "ProcessExecutor", "ceiling_for"]
 
@@ -152,11 +149,7 @@ class ProcessExecutor:
         self.kernel, self.threads, self.ceiling = kernel, threads, ceiling_bytes
         self.store = store  # reopened in the child: it loads tasks itself (see load)
         self.spill_bytes = spill_bytes if store is not None else 0
-        self._spill_root: str | None = None
-        if self.spill_bytes:
-            if spill_dir is not None:
-                Path(spill_dir).mkdir(parents=True, exist_ok=True)
-            self._spill_root = tempfile.mkdtemp(prefix="nettailor-spill-", dir=spill_dir)
+        self._spill_root = PrivateDir(spill_dir) if self.spill_bytes else None
         self._blob = backbone.to_bytes()
         self._lock = _FairLock()  # the batch pipe
         self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
@@ -183,9 +176,8 @@ class ProcessExecutor:
         parent, child = self._ctx.Pipe()
         load_parent, load_child = self._ctx.Pipe()
         if self._spill_root is not None:  # a dead child's files: its successor starts with none
-            for p in Path(self._spill_root).iterdir():
-                shutil.rmtree(p, ignore_errors=True)
-        spill = (self.spill_bytes, self._spill_root) if self._spill_root is not None else None
+            self._spill_root.clear()
+        spill = (self.spill_bytes, str(self._spill_root.path)) if self._spill_root is not None else None
         proc = self._ctx.Process(target=_serve, args=(child, load_child, self.kernel, self.threads, self.store, spill),
                                  name="nettailor-engine", daemon=True)
         proc.start()
@@ -232,7 +224,7 @@ class ProcessExecutor:
         with self._lock, self._load_lock:
             self._stop_child()
             if self._spill_root is not None:
-                shutil.rmtree(self._spill_root, ignore_errors=True)
+                self._spill_root.close()
 
     @property
     def pid(self) -> int | None:

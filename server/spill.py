@@ -16,10 +16,11 @@ executor's own layout, and its next load maps the file instead: no fetch, no has
   replica tells one story whether or not it kept a copy here.
 * **Bounded on disk**: at most ``budget`` bytes, least recently used files deleted first (a mapped
   file that is deleted stays valid for the tensors that map it).
-* **Private**: each server instance writes into a directory of its own (``mkdtemp``, mode 0700),
-  made inside ``root`` (default: the system's temporary directory) and removed by :meth:`close`.
-  Only this instance writes there, which is why a file's pickle is trusted.  A server killed with
-  SIGKILL leaves its directory behind (``nettailor-spill-*``).
+* **Private**: each server instance writes into a directory of its own (:class:`PrivateDir`:
+  ``mkdtemp``, mode 0700), made inside ``root`` (default: the system's temporary directory) and
+  removed by :meth:`close`.  Only this instance writes there, which is why a file's pickle is
+  trusted.  The directory's owner holds a lock on it (``flock``) while it lives, so a directory left
+  behind by a process that was killed (SIGKILL, OOM) is removed by the next one made beside it.
 * **Never a reason to fail**: a file that cannot be written (a full disk) or read back (truncated,
   damaged) is logged and dropped, and the load goes to the store as before.
 """
@@ -27,6 +28,7 @@ executor's own layout, and its next load maps the file instead: no fetch, no has
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import logging
 import math
@@ -37,6 +39,7 @@ import shutil
 import struct
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -102,6 +105,64 @@ def _raw(t: Tensor) -> bytes:
     return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
 
 
+_PREFIX = "nettailor-spill-"
+_LOCK = ".owner.lock"
+_UNLOCKED_GRACE_S = 3600.0  # a directory without a lock file: being made, or from an older release
+
+
+class PrivateDir:
+    """A directory of this process's own (mode 0700), locked while it lives; making one removes the
+    abandoned ones beside it (their owner died: their lock is free)."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None) -> None:
+        base = Path(root) if root is not None else Path(tempfile.gettempdir())
+        base.mkdir(parents=True, exist_ok=True)
+        sweep(base)
+        self.path = Path(tempfile.mkdtemp(prefix=_PREFIX, dir=base))
+        self._fd: int | None = os.open(self.path / _LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def clear(self) -> None:
+        """Remove everything inside but the lock."""
+        for p in self.path.iterdir():
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            elif p.name != _LOCK:
+                p.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def sweep(base: Path) -> list[Path]:
+    """Remove the spill directories in ``base`` whose owner is gone; the ones removed."""
+    gone = []
+    for d in base.glob(f"{_PREFIX}*"):
+        try:
+            fd = os.open(d / _LOCK, os.O_RDWR)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                if time.time() - d.stat().st_mtime > _UNLOCKED_GRACE_S:
+                    shutil.rmtree(d, ignore_errors=True)
+                    gone.append(d)
+            continue
+        except OSError:  # not ours to open (another user's): leave it
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # its owner holds it: alive
+            os.close(fd)
+            continue
+        shutil.rmtree(d, ignore_errors=True)
+        os.close(fd)
+        gone.append(d)
+        log.warning("removed spill directory %s, left behind by a process that did not stop cleanly", d)
+    return gone
+
+
 class SpillTier:
     """Folded tasks on local disk, keyed by (backbone, pack digest); thread-safe."""
 
@@ -109,9 +170,8 @@ class SpillTier:
         if budget <= 0:
             raise ValueError("a spill tier needs a positive budget (0 turns it off: use None)")
         self.budget = budget
-        if root is not None:
-            Path(root).mkdir(parents=True, exist_ok=True)
-        self.dir = Path(tempfile.mkdtemp(prefix="nettailor-spill-", dir=root))  # mode 0700: ours alone
+        self._private = PrivateDir(root)
+        self.dir = self._private.path
         self._files: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, least recently used first
         self._bytes = 0
         self._lock = threading.Lock()
@@ -142,7 +202,7 @@ class SpillTier:
         with self._lock:
             self._files.clear()
             self._bytes = 0
-        shutil.rmtree(self.dir, ignore_errors=True)
+        self._private.close()
 
     def discard(self, backbone_id: str, sha256: str) -> None:
         """Forget the file of (backbone, digest), if any."""

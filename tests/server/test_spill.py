@@ -19,7 +19,7 @@ from server.engine import ProcessExecutor
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure, load_stored
 from server.metrics import Metrics
-from server.spill import SpillTier
+from server.spill import PrivateDir, SpillTier
 from tests.conftest import flip_stored_byte
 from tests.server.test_executor import _build, _inputs
 
@@ -87,7 +87,7 @@ def test_the_budget_drops_the_least_recently_used_files(tmp_path, make_pack, bac
     assert len(tier) == 2 and tier.nbytes <= tier.budget
     assert (bid, tasks[1].sha256) not in tier and tier.load(bid, tasks[1].sha256, version=1, uid=None,
                                                             device=CPU) is None
-    assert sorted(p.name for p in tier.dir.iterdir()) == sorted(
+    assert sorted(p.name for p in tier.dir.glob("*.nts")) == sorted(
         SpillTier._name(bid, t.sha256) for t in (tasks[0], tasks[2]))
     tier.close()
 
@@ -170,7 +170,7 @@ def test_the_executor_process_spills_and_a_new_child_starts_empty(store, backbon
         os.kill(ex.pid, signal.SIGKILL)  # type: ignore[arg-type]
         (again,) = ex.run_frames([(torch.randn(3, 32, 32), [desc])])  # reloaded by the new child
         assert ex.restarts == 1 and row[0].shape == again[0].shape
-        assert len(files()) == 1 and len(list(root.iterdir())) == 1  # the dead child's directory is gone
+        assert len(files()) == 1 and len([p for p in root.iterdir() if p.is_dir()]) == 1  # the dead child's is gone
     finally:
         ex.close()
     assert not root.exists()
@@ -193,3 +193,19 @@ def test_the_cache_counts_loads_by_source(store, backbone, make_pack, spill) -> 
     text = metrics.render().decode()
     assert 'nettailor_pack_load_seconds_count{source="store"} 2.0' in text
     assert 'nettailor_pack_load_seconds_count{source="spill"} 2.0' in text
+
+
+def test_a_directory_left_by_a_dead_owner_is_swept_by_the_next(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]
+    alive, dead = PrivateDir(tmp_path), PrivateDir(tmp_path)
+    (dead.path / "x.nts").write_bytes(b"abc")
+    os.close(dead._fd)  # type: ignore[arg-type]  # its owner dies: the lock goes with it, the files stay
+    dead._fd = None
+    other = tmp_path / "not-a-spill-dir"
+    other.mkdir()
+    with caplog.at_level(logging.WARNING, logger="server.spill"):
+        new = PrivateDir(tmp_path)
+    assert not dead.path.exists() and "left behind" in caplog.text
+    assert alive.path.exists() and new.path.exists() and other.exists()
+    for d in (alive, new):
+        d.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-spill-dir"]
