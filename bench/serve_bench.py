@@ -12,7 +12,9 @@ The limit, measured in the same run (before and after the served points, best of
 in-process executor rate for the same packs and batch cap (bench/executor_bench.py), mixed over 20
 tasks and one task at a time, with torch's threads for the machine (the reference: the served
 throughput is reported as a fraction of its mixed rate) and again with the intra-op threads the
-served executor runs with (``@server_threads``: one on two cores, the event loop needs the other).
+served executor runs with (``@server_threads``: one on two cores, the event loop needs the other);
+and, for the largest N above 20, the rate for batches drawn Zipf over all its tasks (``zipf_nN``,
+N's own limit: a batch there reads the weights of many more tasks).
 Optionally (``--systems nettailor,baseline``, N <= ``--baseline-max-tasks``) the per-task-model
 baseline ``bench/baseline_server.py``.  Tasks: ResNet-18 (ImageNet stem, 32 px) with seeded random
 plans keeping about 60% of the blocks (1.4 MB per pack).
@@ -389,6 +391,9 @@ def main() -> None:
             rds.delete(*keys[i : i + 500])
     rates.append(limit())
     executor = {k: max(r[k] for r in rates) for k in rates[0]}
+    big = max(ns)
+    if big > 20:  # the limit beside N = big's result: batches drawn Zipf over all its tasks
+        executor.update(_zipf_limit(bb, packs[:big], args, machine_threads, server_threads))
     out = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "torch": torch.__version__, "loadavg_at_end": os.getloadavg(),
@@ -406,6 +411,23 @@ def main() -> None:
     plot(results, path.with_suffix(".png"))
     print(json.dumps(out["summary"], indent=2))
     print(f"[bench] wrote {path}")
+
+
+def _zipf_limit(bb, packs: list[bytes], args: argparse.Namespace, machine_threads: int,  # type: ignore[no-untyped-def]
+                server_threads: int) -> dict[str, float]:
+    """The in-process executor's rate for batches drawn Zipf over all ``packs`` (as N = len(packs)
+    serves them), at the machine's threads and at the server's."""
+    n, out = len(packs), {}
+    for threads, suffix in ((machine_threads, ""), (server_threads, "@server_threads")):
+        torch.set_num_threads(threads)
+        try:
+            r = executor_rates(bb, packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
+                               device=args.device)["img_per_s"]
+        finally:
+            torch.set_num_threads(machine_threads)
+        out[f"zipf_n{n}{suffix}"] = r["zipf"]
+    print(f"[bench] executor, Zipf over {n} tasks: {json.dumps({k: round(v) for k, v in out.items()})}", flush=True)
+    return out
 
 
 def _find(results: list[dict], **kw) -> dict | None:
@@ -437,6 +459,11 @@ def summarise(results: list[dict], executor: dict) -> dict:
         big = max(ns)
         if big > 20 and at.get(big):
             s[f"n{big}_vs_n20"] = {k: at[big][k] / at[20][k] for k in ("throughput_rps", "p99_ms", "rss_mb")}
+    big = max(ns, default=0)
+    if at.get(big) and f"zipf_n{big}" in executor:  # N = big against its own limit
+        s[f"served_n{big}_vs_executor_zipf_n{big}"] = at[big]["throughput_rps"] / executor[f"zipf_n{big}"]
+        s[f"served_n{big}_vs_executor_zipf_n{big}_at_server_threads"] = (
+            at[big]["throughput_rps"] / executor[f"zipf_n{big}@server_threads"])
     for n in ns:
         b = _find(results, system="baseline", tasks=n, dist=dist, concurrency=cmax)
         if b and at.get(n):
