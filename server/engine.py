@@ -62,7 +62,7 @@ from .executor import Executor, PreparedTask
 from .loading import LoadFailure, load_stored
 from .memory import trim_heap
 from .prepared import new_uid
-from .spill import PrivateDir, SpillTier
+from .spill import open_private_dir, open_spill
 
 __all__ = ["EngineError", "ProcessExecutor", "ceiling_for"]
 
@@ -149,7 +149,7 @@ class ProcessExecutor:
         self.kernel, self.threads, self.ceiling = kernel, threads, ceiling_bytes
         self.store = store  # reopened in the child: it loads tasks itself (see load)
         self.spill_bytes = spill_bytes if store is not None else 0
-        self._spill_root = PrivateDir(spill_dir) if self.spill_bytes else None
+        self._spill_root = open_private_dir(spill_dir) if self.spill_bytes else None
         self._blob = backbone.to_bytes()
         self._lock = _FairLock()  # the batch pipe
         self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
@@ -380,7 +380,7 @@ def _serve(conn: Connection, load_conn: Connection, kernel: str | None, threads:
     try:
         backbone = Backbone.from_bytes(conn.recv_bytes()).freeze().eval()
         executor = Executor(backbone, kernel=kernel)
-        spill = SpillTier(*spill_spec) if spill_spec is not None else None
+        spill = open_spill(*spill_spec) if spill_spec is not None else None
     except Exception as e:
         _send(conn, f"{type(e).__name__}: {e}")
         return

@@ -40,7 +40,7 @@ from .loading import Prepare, load_stored
 from .memory import trim_heap
 from .metrics import Metrics
 from .settings import Settings
-from .spill import SpillTier
+from .spill import SpillTier, open_spill
 from .tasks import TaskManager
 from .versions import AliasTable
 
@@ -91,7 +91,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         prepare: Prepare | None = executor.load
     else:
         executor = Executor(backbone, kernel=settings.executor_kernel)
-        spill = SpillTier(settings.spill_bytes, settings.spill_dir) if settings.spill_bytes else None
+        spill = open_spill(settings.spill_bytes, settings.spill_dir)
         prepare = functools.partial(load_stored, store, backbone, spill=spill) if spill is not None else None
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s,
                       prepare=prepare, load_threads=settings.load_threads)

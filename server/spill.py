@@ -49,7 +49,7 @@ from torch import Tensor
 
 from .prepared import PreparedTask, new_uid
 
-__all__ = ["SpillTier"]
+__all__ = ["PrivateDir", "SpillTier", "open_private_dir", "open_spill"]
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +135,27 @@ class PrivateDir:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+def open_private_dir(root: str | os.PathLike[str] | None) -> PrivateDir | None:
+    """A :class:`PrivateDir`, or None (logged) where none can be made: the spill tier is then off."""
+    try:
+        return PrivateDir(root)
+    except OSError as e:
+        log.warning("the spill tier is off: cannot make its directory in %s (%s)", root or tempfile.gettempdir(), e)
+        return None
+
+
+def open_spill(budget: int, root: str | os.PathLike[str] | None) -> SpillTier | None:
+    """A :class:`SpillTier` of ``budget`` bytes (None when 0), or None (logged) where its directory
+    cannot be made: a server without its spill tier still serves, loading from the store."""
+    if budget <= 0:
+        return None
+    try:
+        return SpillTier(budget, root)
+    except OSError as e:
+        log.warning("the spill tier is off: cannot make its directory in %s (%s)", root or tempfile.gettempdir(), e)
+        return None
 
 
 def sweep(base: Path) -> list[Path]:

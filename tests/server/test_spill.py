@@ -209,3 +209,18 @@ def test_a_directory_left_by_a_dead_owner_is_swept_by_the_next(tmp_path, caplog)
     for d in (alive, new):
         d.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["not-a-spill-dir"]
+
+
+@pytest.mark.parametrize("process", [True, False], ids=["executor-process", "in-process"])
+def test_a_spill_directory_that_cannot_be_made_turns_the_tier_off(serve, store, make_pack, tmp_path, process,  # type: ignore[no-untyped-def]
+                                                                 caplog) -> None:
+    from tests.server.conftest import image_bytes
+
+    store.register("t1", make_pack("t1").to_bytes())
+    blocker = tmp_path / "a-file"
+    blocker.write_bytes(b"not a directory")
+    with caplog.at_level(logging.WARNING, logger="server.spill"), \
+            serve(spill_dir=str(blocker / "spill"), executor_process=process) as client:
+        r = client.post("/v1/tasks/t1/predict", content=image_bytes())
+        assert r.status_code == 200, r.text
+    assert "the spill tier is off" in caplog.text
