@@ -224,3 +224,13 @@ def test_a_spill_directory_that_cannot_be_made_turns_the_tier_off(serve, store, 
         r = client.post("/v1/tasks/t1/predict", content=image_bytes())
         assert r.status_code == 200, r.text
     assert "the spill tier is off" in caplog.text
+
+
+def test_a_spilled_task_is_copied_to_a_device_other_than_the_cpu(backbone, make_pack, spill) -> None:  # type: ignore[no-untyped-def]
+    """The GPU path's shape (copied from the mapping, not viewed), on the meta device where CUDA is absent."""
+    task = PreparedTask.from_pack(make_pack("t1"), backbone, version=1)
+    spill.save(backbone.backbone_id, task)
+    back = spill.load(backbone.backbone_id, task.sha256, version=1, uid=None, device=torch.device("meta"))
+    assert back is not None and back.spilled
+    assert all(b.device.type == "meta" and b.shape == t.shape and b.dtype == t.dtype
+               for b, t in zip(back.tensors(), task.tensors()))
