@@ -8,8 +8,8 @@ and neither thread used more than 0.6 of a core.
 
 :class:`ProcessExecutor` has :class:`server.executor.Executor`'s ``run_frames``, so the
 :class:`server.batching.Batcher` is unchanged; batching, the queue bound and every metric stay in
-the server process.  Behind it, a child process (``spawn``) holds a copy of the frozen backbone
-and runs the real executor:
+the server process.  Behind it, a child process (``spawn``; its side, and the pipe's message format, in
+:mod:`server.engine_child`) holds a copy of the frozen backbone and runs the real executor:
 
 * a batch crosses a pipe as NumPy arrays (the frames in, the logits out): a pickle of plain
   buffers, no torch serialisation and no shared-memory handle per tensor;
@@ -37,32 +37,27 @@ CPU only: on a GPU the executor thread spends its time waiting for kernels, with
 from __future__ import annotations
 
 import contextlib
-import copyreg
-import gc
-import io
 import logging
 import multiprocessing as mp
-import pickle
-import signal
 import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from blockstore import Backbone, NetTailorError, Store
+from blockstore import Backbone, Store
 
+from .engine_child import Spec, recv, send, serve
 from .errors import Overloaded
-from .executor import Executor, PreparedTask
-from .loading import LoadFailure, load_stored
-from .memory import trim_heap
+from .executor import PreparedTask
+from .loading import LoadFailure
 from .prepared import new_uid
-from .spill import open_private_dir, open_spill
+from .spill import open_private_dir
 
 __all__ = ["EngineError", "ProcessExecutor", "ceiling_for"]
 
@@ -70,32 +65,10 @@ log = logging.getLogger(__name__)
 
 _START_TIMEOUT_S = 300.0
 Frames = Sequence[tuple[Tensor, Sequence[PreparedTask]]]
-Spec = tuple[int, str, int, str]  # what the child loads from the store: uid, task id, version, sha256
 
 
 class EngineError(Overloaded):
     """The executor process failed a batch, or died running it twice (503, retry later)."""
-
-
-def _tensor_as_array(t: Tensor) -> tuple:
-    return torch.from_numpy, (t.detach().cpu().numpy(),)
-
-
-class _Pickler(pickle.Pickler):
-    """Tensors travel as NumPy arrays: a buffer copy, where torch's own pickling serialises each
-    storage through torch.save (a cold task switch then spent about 30 ms sending a 4.7 MB task)."""
-
-    dispatch_table = {**copyreg.dispatch_table, Tensor: _tensor_as_array}
-
-
-def _send(conn: Connection, msg: object) -> None:
-    buf = io.BytesIO()
-    _Pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(msg)
-    conn.send_bytes(buf.getbuffer())
-
-
-def _recv(conn: Connection) -> object:
-    return pickle.loads(conn.recv_bytes())
 
 
 class _FairLock:
@@ -178,7 +151,7 @@ class ProcessExecutor:
         if self._spill_root is not None:  # a dead child's files: its successor starts with none
             self._spill_root.clear()
         spill = (self.spill_bytes, str(self._spill_root.path)) if self._spill_root is not None else None
-        proc = self._ctx.Process(target=_serve, args=(child, load_child, self.kernel, self.threads, self.store, spill),
+        proc = self._ctx.Process(target=serve, args=(child, load_child, self.kernel, self.threads, self.store, spill),
                                  name="nettailor-engine", daemon=True)
         proc.start()
         child.close()
@@ -188,7 +161,7 @@ class ProcessExecutor:
             parent.send_bytes(self._blob)
             if not parent.poll(_START_TIMEOUT_S):
                 raise EngineError(f"the executor process did not start within {_START_TIMEOUT_S:.0f} s")
-            reply = _recv(parent)
+            reply = recv(parent)
         except (EOFError, OSError) as e:
             proc.kill()
             load_parent.close()
@@ -210,7 +183,7 @@ class ProcessExecutor:
         self._proc = self._conn = self._load_conn = None
         if conn is not None:
             with contextlib.suppress(OSError):
-                _send(conn, ("stop",))
+                send(conn, ("stop",))
             conn.close()
         if load_conn is not None:
             load_conn.close()
@@ -300,8 +273,8 @@ class ProcessExecutor:
             if conn is None:  # closed meanwhile
                 raise EngineError("the executor process is stopped", retry_after=1)
             try:
-                _send(conn, ("load", uid, task_id, version, sha256))
-                reply = _recv(conn)
+                send(conn, ("load", uid, task_id, version, sha256))
+                reply = recv(conn)
             except (EOFError, OSError) as e:
                 died = e
         if died is not None:
@@ -352,8 +325,8 @@ class ProcessExecutor:
                 gen = self._gen
                 new, evict = self._sync(frames)
                 try:
-                    _send(self._conn, ("run", new, evict, batch))
-                    reply = _recv(self._conn)
+                    send(self._conn, ("run", new, evict, batch))
+                    reply = recv(self._conn)
                 except (EOFError, OSError) as e:
                     with self._load_lock:  # the order is always (batch, load): a load never holds its lock waiting
                         code = self._restart_locked(gen, e)
@@ -366,85 +339,3 @@ class ProcessExecutor:
                     raise EngineError(f"the executor process failed a batch: {reply[1]}")
                 return [[torch.from_numpy(a) for a in row] for row in reply[1]]
         raise AssertionError("unreachable")
-
-
-# -- the child process ------------------------------------------------------------------------------
-
-
-def _serve(conn: Connection, load_conn: Connection, kernel: str | None, threads: int, store: Store | None,
-           spill_spec: tuple[int, str] | None) -> None:  # pragma: no cover
-    """The executor process (its coverage is the engine tests'): receive the backbone, then run batches
-    until told to stop, and cold loads on a thread and a pipe of their own."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
-    torch.set_num_threads(threads)
-    try:
-        backbone = Backbone.from_bytes(conn.recv_bytes()).freeze().eval()
-        executor = Executor(backbone, kernel=kernel)
-        spill = open_spill(*spill_spec) if spill_spec is not None else None
-    except Exception as e:
-        _send(conn, f"{type(e).__name__}: {e}")
-        return
-    tasks: dict[int, PreparedTask] = {}  # uid -> task; both threads change it (single dict operations)
-
-    def load(spec: Spec) -> PreparedTask:
-        assert store is not None
-        uid, task_id, version, sha256 = spec
-        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, uid=uid, spill=spill)
-        return task
-
-    threading.Thread(target=_load_loop, args=(load_conn, load), name="nettailor-engine-load", daemon=True).start()
-    gc.collect()  # start-up objects (modules, the backbone) out of the collector's full passes, as in the
-    gc.freeze()  # server (server.runtime): each pass over them paused a batch or a load for tens of ms
-    _send(conn, "ready")
-    try:
-        _batch_loop(conn, executor, tasks, load)
-    finally:
-        if spill is not None:
-            spill.close()
-
-
-def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
-    """The child's load thread: one cold load at a time, answered with the task's description."""
-    try:
-        while True:
-            msg = _recv(conn)
-            assert isinstance(msg, tuple) and msg[0] == "load"
-            try:
-                reply: tuple = ("ok", load(msg[1:]).description())
-            except LoadFailure as e:  # this task's stored bytes: remembered by the server's cache
-                reply = ("fail", e.args)
-            except NetTailorError as e:  # the store is unreachable, or answers nonsense: the server raises it
-                reply = ("raise", e)
-            except Exception as e:
-                reply = ("error", f"{type(e).__name__}: {e}")
-            _send(conn, reply)
-    except (EOFError, OSError):  # the server went away, or replaced this process
-        return
-
-
-def _batch_loop(conn: Connection, executor: Executor, tasks: dict[int, PreparedTask],
-                load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
-    while True:
-        try:
-            msg = _recv(conn)
-        except (EOFError, OSError):  # the server went away
-            return
-        assert isinstance(msg, tuple)
-        if msg[0] == "stop":
-            return
-        _, new, evict, batch = msg
-        for uid in evict:
-            tasks.pop(uid, None)
-        if evict:  # the freed tensors' pages back to the system (at most once a second: server.memory)
-            trim_heap()
-        try:
-            for t in new:
-                if isinstance(t, PreparedTask):
-                    tasks[t.uid] = t
-                else:  # held by the child before it restarted: load it again
-                    load(t)
-            frames = [(torch.from_numpy(x), [tasks[uid] for uid in uids]) for x, uids in batch]
-            out = executor.run_frames(frames)
-            _send(conn, ("ok", [[o.numpy() for o in row] for row in out]))
-        except Exception as e:  # one bad batch fails alone; the server retries its frames one by one
-            _send(conn, ("error", f"{type(e).__name__}: {e}"))
