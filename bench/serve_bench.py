@@ -334,14 +334,8 @@ def main() -> None:
 
     def limit() -> dict:
         """The executor's rates at the machine's thread count (the reference), and at the server's own."""
-        r = executor_rates(bb, limit_packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
-                           device=args.device)["img_per_s"]
-        torch.set_num_threads(server_threads)
-        try:
-            own = executor_rates(bb, limit_packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
-                                 device=args.device)["img_per_s"]
-        finally:
-            torch.set_num_threads(machine_threads)
+        r = _rates(bb, limit_packs, args, machine_threads, machine_threads)
+        own = _rates(bb, limit_packs, args, server_threads, machine_threads)
         r.update({f"{k}@server_threads": v for k, v in own.items() if k in ("mixed", "one")})
         print(f"[bench] executor: {json.dumps({k: round(v) for k, v in r.items()})}", flush=True)
         return r
@@ -413,19 +407,25 @@ def main() -> None:
     print(f"[bench] wrote {path}")
 
 
+def _rates(bb, packs: list[bytes], args: argparse.Namespace, threads: int,  # type: ignore[no-untyped-def]
+           machine_threads: int) -> dict[str, float]:
+    """bench/executor_bench.py's images per second for ``packs`` (one round, the server's batch cap) with
+    ``threads`` intra-op threads, then torch back at the machine's."""
+    torch.set_num_threads(threads)
+    try:
+        return executor_rates(bb, packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
+                              device=args.device)["img_per_s"]
+    finally:
+        torch.set_num_threads(machine_threads)
+
+
 def _zipf_limit(bb, packs: list[bytes], args: argparse.Namespace, machine_threads: int,  # type: ignore[no-untyped-def]
                 server_threads: int) -> dict[str, float]:
     """The in-process executor's rate for batches drawn Zipf over all ``packs`` (as N = len(packs)
     serves them), at the machine's threads and at the server's."""
     n, out = len(packs), {}
     for threads, suffix in ((machine_threads, ""), (server_threads, "@server_threads")):
-        torch.set_num_threads(threads)
-        try:
-            r = executor_rates(bb, packs, batch=args.max_batch, seconds=args.executor_seconds, rounds=1,
-                               device=args.device)["img_per_s"]
-        finally:
-            torch.set_num_threads(machine_threads)
-        out[f"zipf_n{n}{suffix}"] = r["zipf"]
+        out[f"zipf_n{n}{suffix}"] = _rates(bb, packs, args, threads, machine_threads)["zipf"]
     print(f"[bench] executor, Zipf over {n} tasks: {json.dumps({k: round(v) for k, v in out.items()})}", flush=True)
     return out
 

@@ -151,11 +151,8 @@ def open_spill(budget: int, root: str | os.PathLike[str] | None) -> SpillTier | 
     cannot be made: a server without its spill tier still serves, loading from the store."""
     if budget <= 0:
         return None
-    try:
-        return SpillTier(budget, root)
-    except OSError as e:
-        log.warning("the spill tier is off: cannot make its directory in %s (%s)", root or tempfile.gettempdir(), e)
-        return None
+    private = open_private_dir(root)
+    return SpillTier(budget, private) if private is not None else None
 
 
 def sweep(base: Path) -> list[Path]:
@@ -187,11 +184,12 @@ def sweep(base: Path) -> list[Path]:
 class SpillTier:
     """Folded tasks on local disk, keyed by (backbone, pack digest); thread-safe."""
 
-    def __init__(self, budget: int, root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, budget: int, root: str | os.PathLike[str] | PrivateDir | None = None) -> None:
+        """``root``: where to make the tier's :class:`PrivateDir`, or one already made (it is the tier's now)."""
         if budget <= 0:
             raise ValueError("a spill tier needs a positive budget (0 turns it off: use None)")
         self.budget = budget
-        self._private = PrivateDir(root)
+        self._private = root if isinstance(root, PrivateDir) else PrivateDir(root)
         self.dir = self._private.path
         self._files: OrderedDict[str, int] = OrderedDict()  # file name -> bytes, least recently used first
         self._bytes = 0
@@ -249,8 +247,9 @@ class SpillTier:
         w = _Writer(buf)
         w.dump(replace(task, uid=0))
         meta = buf.getvalue()
-        at = start = _aligned(_HEAD.size + len(meta))
+        offsets, at = [], _aligned(_HEAD.size + len(meta))  # where each tensor goes, as _Reader finds it
         for t in w.tensors:
+            offsets.append(at)
             at = _aligned(at + t.numel() * t.element_size())
         if at > self.budget:
             return
@@ -258,11 +257,9 @@ class SpillTier:
         try:
             with open(tmp, "wb") as f:
                 f.write(_HEAD.pack(_MAGIC, len(meta)) + meta)
-                at = start
-                for t in w.tensors:
-                    f.seek(at)
+                for off, t in zip(offsets, w.tensors, strict=True):
+                    f.seek(off)
                     f.write(_raw(t))
-                    at = _aligned(at + t.numel() * t.element_size())
                 f.truncate(at)
             os.replace(tmp, self.dir / name)
         except OSError as e:
