@@ -31,6 +31,14 @@ def store(dir_store: DirStore, backbone: Backbone) -> DirStore:
     return dir_store
 
 
+@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
+def any_store(request, tmp_path, backbone):  # type: ignore[no-untyped-def]
+    """DirStore and the real Redis alike, each holding the tiny backbone."""
+    store = DirStore(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("redis_store")
+    store.put_backbone(backbone.to_bytes())
+    return store
+
+
 @pytest.fixture
 def make_settings(store: DirStore) -> Callable[..., Settings]:
     def factory(**kw: object) -> Settings:

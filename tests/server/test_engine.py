@@ -11,7 +11,7 @@ import threading
 import pytest
 import torch
 
-from blockstore import DirStore, RedisStore, StoreUnavailable
+from blockstore import RedisStore, StoreUnavailable
 from server.cache import PackCache
 from server.engine import EngineError, ProcessExecutor, _FairLock, ceiling_for
 from server.errors import TaskUnavailable
@@ -103,13 +103,6 @@ def test_the_server_answers_through_the_process(serve, store, make_pack, backbon
         assert all(abs(p["prob"] - float(ref[p["index"]])) < 1e-4 for p in r.json()["predictions"])
         engine = client.app.state.batcher.executor
     assert engine.pid is None  # stopped with the app
-
-
-@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
-def any_store(request, tmp_path, backbone):  # type: ignore[no-untyped-def]
-    store = DirStore(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("redis_store")
-    store.put_backbone(backbone.to_bytes())
-    return store
 
 
 def test_a_store_pickles_as_a_second_handle_on_the_same_data(any_store, make_pack) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockstore import DirStore, PackNotFound
+from blockstore import PackNotFound
 from server.cache import PackCache
 from server.engine import ProcessExecutor
 from server.executor import Executor, PreparedTask
@@ -31,13 +31,6 @@ def spill(tmp_path):  # type: ignore[no-untyped-def]
     tier = SpillTier(1 << 30, tmp_path / "spill")
     yield tier
     tier.close()
-
-
-@pytest.fixture(params=["dir", pytest.param("redis", marks=pytest.mark.redis)])
-def any_store(request, tmp_path, backbone):  # type: ignore[no-untyped-def]
-    store = DirStore(tmp_path / "store") if request.param == "dir" else request.getfixturevalue("redis_store")
-    store.put_backbone(backbone.to_bytes())
-    return store
 
 
 @pytest.mark.parametrize("case", ["resnet10-basic", "resnet10-bottleneck-proxies"])
