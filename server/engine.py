@@ -25,8 +25,10 @@ the server process.  Behind it, a child process (``spawn``; its side, and the pi
   of itself, so the child holds what the server still references (and, as a guard against a leak,
   no more than a ceiling); a task the child lacks (after a restart) is loaded again from the store
   with the batch, or sent whole when the server holds its tensors (no store);
-* the batch pipe is taken in arrival order (:class:`_FairLock`), so no batcher worker starves
-  behind another that takes it back to back;
+* the child runs ``lanes`` batches side by side, each on a pipe and a thread of its own (on the
+  2-core machine two lanes of one intra-op thread each ran 1.7-1.9x one, where two intra-op threads
+  on one batch ran slower than one: see :func:`server.executor.executor_parallelism`); the pipes are
+  granted in arrival order (:class:`_Lanes`), so no batcher worker starves behind another;
 * the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
   batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
   retries that batch's frames one by one, so a frame that kills the executor fails alone.
@@ -43,7 +45,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -71,30 +73,58 @@ class EngineError(Overloaded):
     """The executor process failed a batch, or died running it twice (503, retry later)."""
 
 
-class _FairLock:
-    """A lock granted in arrival order: a releasing holder hands it to the longest waiter."""
+class _Lanes:
+    """The child's batch pipes, granted in arrival order: a releasing holder hands its pipe to the
+    longest waiter, so no batcher worker starves behind another that takes pipes back to back."""
 
-    def __init__(self) -> None:
+    def __init__(self, count: int) -> None:
+        self.count = count
         self._mutex = threading.Lock()
-        self._waiters: deque[threading.Lock] = deque()
-        self._held = False
+        self._free: deque[int] = deque(range(count))
+        self._waiters: deque[tuple[threading.Lock, list[int]]] = deque()
 
-    def __enter__(self) -> None:
+    def acquire(self) -> int:
         with self._mutex:
-            if not self._held:
-                self._held = True
-                return
-            turn = threading.Lock()
+            if self._free:
+                return self._free.popleft()
+            turn, slot = threading.Lock(), list[int]()
             turn.acquire()
-            self._waiters.append(turn)
-        turn.acquire()  # released by the holder handing over: the lock stays held
+            self._waiters.append((turn, slot))
+        turn.acquire()  # released by a holder handing its pipe over
+        return slot[0]
 
-    def __exit__(self, *exc: object) -> None:
+    def release(self, lane: int) -> None:
         with self._mutex:
             if self._waiters:
-                self._waiters.popleft().release()
+                turn, slot = self._waiters.popleft()
+                slot.append(lane)
+                turn.release()
             else:
-                self._held = False
+                self._free.append(lane)
+
+    @contextlib.contextmanager
+    def one(self) -> Iterator[int]:
+        lane = self.acquire()
+        try:
+            yield lane
+        finally:
+            self.release(lane)
+
+    @contextlib.contextmanager
+    def every(self) -> Iterator[None]:
+        """All the pipes: no batch in flight (one caller at a time: see ProcessExecutor._exclusive)."""
+        taken = [self.acquire() for _ in range(self.count)]
+        try:
+            yield
+        finally:
+            for lane in taken:
+                self.release(lane)
+
+
+def _close_all(conns: Sequence[Connection | None]) -> None:
+    for conn in conns:
+        if conn is not None:
+            conn.close()
 
 
 def ceiling_for(cache_bytes: int) -> int:
@@ -104,15 +134,19 @@ def ceiling_for(cache_bytes: int) -> int:
 
 
 class ProcessExecutor:
-    """``run_frames`` through a child process running :class:`Executor` (thread-safe: one batch at a time)."""
+    """``run_frames`` through a child process running :class:`Executor` (thread-safe: ``lanes`` batches
+    at a time)."""
 
-    def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1,
+    def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1, lanes: int = 1,
                  ceiling_bytes: int = ceiling_for(256 * 1024 * 1024), store: Store | None = None,
                  spill_bytes: int = 0, spill_dir: str | None = None) -> None:
         """``ceiling_bytes``: a guard, not the cache's budget.  The child holds the tasks the server still
         references (weakref callbacks name the others); only a reference leak in the server would take
         it past the ceiling, where it drops its least recently used tasks (sent or loaded again when
         next used).  The server passes :func:`ceiling_for` its pack cache's budget (server.runtime).
+
+        ``lanes``: batches the child runs side by side, each on a pipe and a thread of its own with
+        ``threads`` intra-op threads (see :func:`server.executor.executor_parallelism`).
 
         ``spill_bytes``: the child's spill tier (server.spill; 0: none), in a directory made here inside
         ``spill_dir``, emptied when a child is replaced and removed by :meth:`close`."""
@@ -124,13 +158,17 @@ class ProcessExecutor:
         self.spill_bytes = spill_bytes if store is not None else 0
         self._spill_root = open_private_dir(spill_dir) if self.spill_bytes else None
         self._blob = backbone.to_bytes()
-        self._lock = _FairLock()  # the batch pipe
+        if lanes < 1:
+            raise ValueError(f"lanes must be at least 1, not {lanes}")
+        self._lanes = _Lanes(lanes)  # the batch pipes
+        self._excl = threading.Lock()  # one caller at a time takes every pipe (a start, a restart, close)
         self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
-        self._mutex = threading.Lock()  # _held, _held_bytes: the batch and load paths both change them
+        self._mutex = threading.Lock()  # _held, _held_bytes, _seq: the batch and load paths change them
         self._gen = 0  # the child's generation: a load answered by a child since replaced is not held
+        self._seq = 0  # the next batch's place in the order the child applies the batches' changes in
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
-        self._conn: Connection | None = None
+        self._conns: list[Connection] | None = None
         self._load_conn: Connection | None = None
         # Task uid -> (bytes, the server's object), as the child holds them.  A task the server has let
         # go (deleted, replaced, evicted from its cache and no longer leased) is dropped from the
@@ -139,22 +177,31 @@ class ProcessExecutor:
         self._held_bytes = 0
         self._gone: deque[int] = deque()  # uids whose server object died (weakref callbacks, any thread)
         self.restarts = 0
-        with self._lock, self._load_lock:
+        with self._exclusive():
             self._start()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Every pipe: no batch and no load in flight.  The order is always (pipes, load pipe), and a
+        caller holding one pipe releases it first (run_frames), so no two callers wait on each other."""
+        with self._excl, self._lanes.every(), self._load_lock:
+            yield
 
     # -- the child's life ---------------------------------------------------------------------
 
     def _start(self) -> None:
-        """Under both locks."""
-        parent, child = self._ctx.Pipe()
+        """Exclusive."""
+        pipes = [self._ctx.Pipe() for _ in range(self._lanes.count)]
+        parent = pipes[0][0]
         load_parent, load_child = self._ctx.Pipe()
         if self._spill_root is not None:  # a dead child's files: its successor starts with none
             self._spill_root.clear()
         spill = (self.spill_bytes, str(self._spill_root.path)) if self._spill_root is not None else None
-        proc = self._ctx.Process(target=serve, args=(child, load_child, self.kernel, self.threads, self.store, spill),
-                                 name="nettailor-engine", daemon=True)
+        proc = self._ctx.Process(target=serve, args=([c for _, c in pipes], load_child, self.kernel, self.threads,
+                                                     self.store, spill), name="nettailor-engine", daemon=True)
         proc.start()
-        child.close()
+        for _, child in pipes:
+            child.close()
         load_child.close()
         t0 = time.perf_counter()
         try:
@@ -164,29 +211,28 @@ class ProcessExecutor:
             reply = recv(parent)
         except (EOFError, OSError) as e:
             proc.kill()
-            load_parent.close()
+            _close_all([p for p, _ in pipes] + [load_parent])
             raise EngineError(f"the executor process died while starting (exit code {proc.exitcode}): {e}") from None
         if reply != "ready":
             proc.kill()
-            load_parent.close()
+            _close_all([p for p, _ in pipes] + [load_parent])
             raise EngineError(f"the executor process failed to start: {reply}")
-        self._proc, self._conn, self._load_conn = proc, parent, load_parent
+        self._proc, self._conns, self._load_conn = proc, [p for p, _ in pipes], load_parent
         self._gen += 1
         with self._mutex:
             self._held.clear()
             self._held_bytes = 0
+            self._seq = 0
         log.info("executor process %d ready in %.1f s", proc.pid, time.perf_counter() - t0)
 
     def _stop_child(self) -> None:
-        """Under both locks."""
-        proc, conn, load_conn = self._proc, self._conn, self._load_conn
-        self._proc = self._conn = self._load_conn = None
-        if conn is not None:
+        """Exclusive."""
+        proc, conns, load_conn = self._proc, self._conns or [], self._load_conn
+        self._proc, self._conns, self._load_conn = None, None, None
+        for conn in conns:
             with contextlib.suppress(OSError):
                 send(conn, ("stop",))
-            conn.close()
-        if load_conn is not None:
-            load_conn.close()
+        _close_all([*conns, load_conn])
         if proc is not None:
             proc.join(5)
             if proc.is_alive():
@@ -194,7 +240,7 @@ class ProcessExecutor:
                 proc.join(5)
 
     def close(self) -> None:
-        with self._lock, self._load_lock:
+        with self._exclusive():
             self._stop_child()
             if self._spill_root is not None:
                 self._spill_root.close()
@@ -211,9 +257,10 @@ class ProcessExecutor:
         self._held[uid] = (t.nbytes, weakref.ref(t, lambda _ref: self._gone.append(uid)))
         self._held_bytes += t.nbytes
 
-    def _sync(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
-        """Tasks the child lacks (sent with the batch: whole, or as what to load from the store), and
-        uids it may drop: those the server let go, and least recently used ones beyond the ceiling.
+    def _sync(self, frames: Frames) -> tuple[int, list[PreparedTask | Spec], list[int]]:
+        """The batch's number in the order the child applies batches' changes in (server.engine_child),
+        the tasks the child lacks (sent with the batch: whole, or as what to load from the store), and
+        the uids it may drop: those the server let go, and least recently used ones beyond the ceiling.
 
         The pack cache's budget is not applied here.  Tasks that the cache serves without keeping them
         (admission) or still leases after an eviction are alive in the server beyond its budget; when
@@ -221,7 +268,9 @@ class ProcessExecutor:
         held, and their next hit was loaded again inside a batch (56 such loads in 3,600 Zipf requests
         over 300 tasks with room for 60, one batch at a time)."""
         with self._mutex:
-            return self._sync_held(frames)
+            new, evict = self._sync_held(frames)
+            seq, self._seq = self._seq, self._seq + 1
+            return seq, new, evict
 
     def _sync_held(self, frames: Frames) -> tuple[list[PreparedTask | Spec], list[int]]:
         new: list[PreparedTask | Spec] = []
@@ -263,10 +312,7 @@ class ProcessExecutor:
         if self.store is None:
             raise RuntimeError("this executor process has no store to load from")
         uid = new_uid()
-        if self._load_conn is None:
-            with self._lock, self._load_lock:
-                if self._conn is None:
-                    self._start()
+        self._ensure_started()
         died: BaseException | None = None
         with self._load_lock:
             gen, conn = self._gen, self._load_conn
@@ -294,21 +340,24 @@ class ProcessExecutor:
                 self._hold(task)
         return task
 
+    def _ensure_started(self) -> None:
+        if self._conns is None:  # closed, or a start failed: start a child
+            with self._exclusive():
+                if self._conns is None:
+                    self._start()
+
     def _restart(self, gen: int, why: BaseException) -> int | None:
         """Replace the child of generation ``gen`` unless that was done meanwhile (a death is seen by
-        the batch and the load paths alike); its exit code.  Takes both locks: call it holding neither."""
-        with self._lock, self._load_lock:
-            return self._restart_locked(gen, why)
-
-    def _restart_locked(self, gen: int, why: BaseException) -> int | None:
-        if self._gen != gen:
-            return None
-        code = self._proc.exitcode if self._proc is not None else None
-        self.restarts += 1
-        log.error("the executor process died (exit code %s, %s); starting a new one", code, why)
-        self._stop_child()
-        self._start()
-        return code
+        every pipe alike); its exit code.  Takes every pipe: call it holding none."""
+        with self._exclusive():
+            if self._gen != gen:
+                return None
+            code = self._proc.exitcode if self._proc is not None else None
+            self.restarts += 1
+            log.error("the executor process died (exit code %s, %s); starting a new one", code, why)
+            self._stop_child()
+            self._start()
+            return code
 
     def run_frames(self, frames: Frames) -> list[list[Tensor]]:
         """Logits (CPU, float) for every (frame, task) pair, in order, computed in the child.
@@ -316,26 +365,27 @@ class ProcessExecutor:
         If the child dies, a new one is started and the batch is tried once more on it; a second
         death raises :class:`EngineError` (the batcher then retries the frames one by one)."""
         batch = [(np.ascontiguousarray(x.detach().cpu().numpy()), [t.uid for t in tasks]) for x, tasks in frames]
-        with self._lock:
-            for attempt in (1, 2):
-                if self._conn is None:
-                    with self._load_lock:
-                        self._start()
-                assert self._conn is not None
-                gen = self._gen
-                new, evict = self._sync(frames)
+        for attempt in (1, 2):
+            self._ensure_started()
+            died: BaseException | None = None
+            with self._lanes.one() as lane:
+                conns, gen = self._conns, self._gen  # neither changes while a pipe is held
+                if conns is None:  # closed meanwhile
+                    raise EngineError("the executor process is stopped", retry_after=1)
+                seq, new, evict = self._sync(frames)
                 try:
-                    send(self._conn, ("run", new, evict, batch))
-                    reply = recv(self._conn)
-                except (EOFError, OSError) as e:
-                    with self._load_lock:  # the order is always (batch, load): a load never holds its lock waiting
-                        code = self._restart_locked(gen, e)
-                    if attempt == 2:
-                        raise EngineError(f"the executor process died twice running a batch (exit code {code})",
-                                          retry_after=1) from None
-                    continue
-                assert isinstance(reply, tuple)
-                if reply[0] != "ok":
-                    raise EngineError(f"the executor process failed a batch: {reply[1]}")
-                return [[torch.from_numpy(a) for a in row] for row in reply[1]]
+                    send(conns[lane], ("run", seq, new, evict, batch))
+                    reply = recv(conns[lane])
+                except Exception as e:  # a dead child, or a pipe out of step with it: a new child either way
+                    died = e
+            if died is not None:
+                code = self._restart(gen, died)
+                if attempt == 2:
+                    raise EngineError(f"the executor process died twice running a batch (exit code {code})",
+                                      retry_after=1) from None
+                continue
+            assert isinstance(reply, tuple)
+            if reply[0] != "ok":
+                raise EngineError(f"the executor process failed a batch: {reply[1]}")
+            return [[torch.from_numpy(a) for a in row] for row in reply[1]]
         raise AssertionError("unreachable")

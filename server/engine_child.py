@@ -1,19 +1,26 @@
 """The executor process's side of :mod:`server.engine`, and the pipe's message format both sides use.
 
-:func:`serve` is the spawned process's entry point: it receives the backbone, then runs batches on the
-batch pipe until told to stop, and cold loads (:func:`server.loading.load_stored`, with the spill tier)
-on a thread and a pipe of their own.  Its coverage is the engine tests', run in the child.
+:func:`serve` is the spawned process's entry point: it receives the backbone, then runs batches until
+told to stop, one thread per batch pipe (a lane), and cold loads (:func:`server.loading.load_stored`,
+with the spill tier) on a thread and a pipe of their own.  Its coverage is the engine tests', run in
+the child.
+
+Each batch names the tasks the child must add (sent whole, or loaded again after a restart) and those
+it may drop.  The server decides them in one order, under its mutex, and numbers the batches in that
+order; the lanes apply them in the same order (:class:`_Order`), whatever order they arrive in, so
+the child's tasks always match the server's mirror of them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copyreg
 import gc
 import io
 import pickle
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Connection
 
 import torch
@@ -52,12 +59,36 @@ def recv(conn: Connection) -> object:
     return pickle.loads(conn.recv_bytes())
 
 
-def serve(conn: Connection, load_conn: Connection, kernel: str | None, threads: int, store: Store | None,
+class _Order:
+    """Turns taken in the order the server numbered the batches (their changes to the held tasks)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._next = 0
+
+    @contextlib.contextmanager
+    def turn(self, seq: int) -> Iterator[None]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._next == seq, timeout=_ORDER_TIMEOUT_S):
+                raise RuntimeError(f"batch {self._next} of the server's order never came (this is batch {seq})")
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._next = seq + 1
+                self._cond.notify_all()
+
+
+_ORDER_TIMEOUT_S = 60.0  # a batch numbered but never sent means a server that is gone or restarting us
+
+
+def serve(conns: list[Connection], load_conn: Connection, kernel: str | None, threads: int, store: Store | None,
           spill_spec: tuple[int, str] | None) -> None:  # pragma: no cover
-    """The executor process: receive the backbone, then run batches until told to stop, and cold loads
-    on a thread and a pipe of their own."""
+    """The executor process: receive the backbone, then run batches (one thread per batch pipe) until
+    told to stop, and cold loads on a thread and a pipe of their own."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle; it stops us
     torch.set_num_threads(threads)
+    conn = conns[0]
     try:
         backbone = Backbone.from_bytes(conn.recv_bytes()).freeze().eval()
         executor = Executor(backbone, kernel=kernel)
@@ -65,7 +96,7 @@ def serve(conn: Connection, load_conn: Connection, kernel: str | None, threads: 
     except Exception as e:
         send(conn, f"{type(e).__name__}: {e}")
         return
-    tasks: dict[int, PreparedTask] = {}  # uid -> task; both threads change it (single dict operations)
+    tasks: dict[int, PreparedTask] = {}  # uid -> task; every thread changes it (single dict operations)
 
     def load(spec: Spec) -> PreparedTask:
         assert store is not None
@@ -74,16 +105,18 @@ def serve(conn: Connection, load_conn: Connection, kernel: str | None, threads: 
         return task
 
     threading.Thread(target=_load_loop, args=(load_conn, load), name="nettailor-engine-load", daemon=True).start()
+    order = _Order()
+    for k, lane in enumerate(conns[1:], 1):
+        threading.Thread(target=_batch_loop, args=(lane, executor, tasks, load, order),
+                         name=f"nettailor-engine-lane-{k}", daemon=True).start()
     gc.collect()  # start-up objects (modules, the backbone) out of the collector's full passes, as in the
     gc.freeze()  # server (server.runtime): each pass over them paused a batch or a load for tens of ms
     send(conn, "ready")
     try:
-        _batch_loop(conn, executor, tasks, load)
+        _batch_loop(conn, executor, tasks, load, order)  # the first lane; the process ends with it
     finally:
         if spill is not None:
             spill.close()
-
-
 def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
     """The child's load thread: one cold load at a time, answered with the task's description."""
     try:
@@ -104,7 +137,7 @@ def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None: 
 
 
 def _batch_loop(conn: Connection, executor: Executor, tasks: dict[int, PreparedTask],
-                load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
+                load: Callable[[Spec], PreparedTask], order: _Order) -> None:  # pragma: no cover
     while True:
         try:
             msg = recv(conn)
@@ -113,19 +146,27 @@ def _batch_loop(conn: Connection, executor: Executor, tasks: dict[int, PreparedT
         assert isinstance(msg, tuple)
         if msg[0] == "stop":
             return
-        _, new, evict, batch = msg
-        for uid in evict:
-            tasks.pop(uid, None)
-        if evict:  # the freed tensors' pages back to the system (at most once a second: server.memory)
-            trim_heap()
+        _, seq, new, evict, batch = msg
         try:
-            for t in new:
-                if isinstance(t, PreparedTask):
-                    tasks[t.uid] = t
-                else:  # held by the child before it restarted: load it again
-                    load(t)
-            frames = [(torch.from_numpy(x), [tasks[uid] for uid in uids]) for x, uids in batch]
+            with order.turn(seq):
+                frames = _apply(tasks, load, new, evict, batch)
             out = executor.run_frames(frames)
             send(conn, ("ok", [[o.numpy() for o in row] for row in out]))
         except Exception as e:  # one bad batch fails alone; the server retries its frames one by one
             send(conn, ("error", f"{type(e).__name__}: {e}"))
+
+
+def _apply(tasks: dict[int, PreparedTask], load: Callable[[Spec], PreparedTask], new: list, evict: list[int],
+           batch: list) -> list[tuple[Tensor, list[PreparedTask]]]:  # pragma: no cover
+    """A batch's changes to the held tasks, then its frames with their tasks (held by the frames from
+    here on, whatever a later batch drops)."""
+    for uid in evict:
+        tasks.pop(uid, None)
+    if evict:  # the freed tensors' pages back to the system (at most once a second: server.memory)
+        trim_heap()
+    for t in new:
+        if isinstance(t, PreparedTask):
+            tasks[t.uid] = t
+        else:  # held by the child before it restarted: load it again
+            load(t)
+    return [(torch.from_numpy(x), [tasks[uid] for uid in uids]) for x, uids in batch]

@@ -151,11 +151,15 @@ def executor_parallelism(workers: int = 0, threads: int = 0) -> tuple[int, int]:
     one worker, and one intra-op thread per core but one (at least one).
 
     The event loop (HTTP, decoding, responses) needs a core of its own.  More workers were measured
-    and not made the default: on the 2-core machine two workers (one intra-op thread each) served
-    the same rate as one at C = 32, with batches half as large (bench/serve_bench.py
-    --server-env NETTAILOR_EXECUTOR_WORKERS=2), although two threads running the executor in one
-    process with no HTTP reach 1.7x one thread.  In the server every thread waits on the GIL: at
-    saturation the event loop and the executor thread each used about half a core."""
+    and not made the default.  With the executor process (server.engine), each worker has a lane of
+    its own there, and two batches run side by side: on the 2-core machine, in a loop with no HTTP,
+    two lanes of one intra-op thread ran 1.7-1.9x one lane (batches of 16), where two intra-op threads
+    on one batch ran slower than one.  Served at C = 32 (bench/serve_bench.py --quick --tasks 20,1000
+    --server-env NETTAILOR_EXECUTOR_WORKERS=2, interleaved with the default, two rounds), two lanes used
+    1.65 cores against 1.44 but served 0.87-0.90x (N = 20) and 0.82-1.04x (N = 1,000), p99 up to 1.55x:
+    the closed loop's 32 requests split into batches half as large (8.9 against 15.9 rows), each
+    costlier per row, and the two lanes took the event loop's core.  In-process, two workers also
+    served the same rate as one, with batches half as large: every thread waits on the one GIL."""
     cores = os.cpu_count() or 1
     return workers or 1, threads or max(1, cores - 1)
 

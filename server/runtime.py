@@ -85,7 +85,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     if process and device.type == "cpu":
         # The executor process also makes the cold loads, from its own connection to the store: pack
         # bytes and tensors never enter the server process, which keeps only each task's description.
-        executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads,
+        executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads, lanes=workers,
                                    ceiling_bytes=ceiling_for(settings.cache_bytes), store=store,
                                    spill_bytes=settings.spill_bytes, spill_dir=settings.spill_dir)
         prepare: Prepare | None = executor.load

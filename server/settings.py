@@ -79,7 +79,8 @@ class Settings(BaseSettings):
     executor_process: bool | None = Field(None, description="run the executor in a process of its own (CPU only), "
                                           "so that it never waits for the event loop's GIL (server.engine); "
                                           "default: on for CPU serving with two cores or more")
-    executor_workers: int = Field(0, ge=0, description="threads running executor batches side by side; 0: one "
+    executor_workers: int = Field(0, ge=0, description="executor batches run side by side (with the executor "
+                                  "process, each on a lane of its own there); 0: one "
                                   "(see server.executor.executor_parallelism)")
 
     def check_security(self) -> None:

@@ -13,7 +13,7 @@ import torch
 
 from blockstore import RedisStore, StoreUnavailable
 from server.cache import PackCache
-from server.engine import EngineError, ProcessExecutor, _FairLock, ceiling_for
+from server.engine import EngineError, ProcessExecutor, _Lanes, ceiling_for
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure
@@ -85,6 +85,41 @@ def test_a_dead_process_is_replaced_and_the_batch_retried(engine, tasks) -> None
     got = engine.run_frames(frames)  # noticed, a new child started, the batch run there
     assert engine.pid not in (None, old) and engine.restarts == 1
     assert all(torch.allclose(g, w) for gr, wr in zip(got, want) for g, w in zip(gr, wr))
+
+
+def test_lanes_side_by_side_answer_as_the_executor(backbone, tasks) -> None:  # type: ignore[no-untyped-def]
+    """Batches on two lanes at once, with a ceiling of one task (tasks sent and dropped with every
+    batch, their changes numbered in the server's order), and a child killed in the middle: every
+    answer is the in-process executor's."""
+    ex = ProcessExecutor(backbone, ceiling_bytes=1, lanes=2)
+    ref = Executor(backbone)
+    singles = [[(torch.randn(3, 32, 32), [t])] for t in tasks]
+    plans = [_frames(tasks), *singles, [singles[0][0], singles[2][0]]]
+    want = [ref.run_frames(f) for f in plans]
+    errors: list[BaseException] = []
+
+    def client(k: int) -> None:
+        try:
+            for i in range(12):
+                j = (k + i) % len(plans)
+                got = ex.run_frames(plans[j])
+                assert all(torch.allclose(g, w, atol=1e-5) for gr, wr in zip(got, want[j]) for g, w in zip(gr, wr))
+        except BaseException as e:  # reported below
+            errors.append(e)
+
+    try:
+        workers = [threading.Thread(target=client, args=(k,)) for k in range(4)]
+        for w in workers:
+            w.start()
+        old = ex.pid
+        assert old is not None
+        os.kill(old, signal.SIGKILL)
+        for w in workers:
+            w.join(300)
+        assert not errors, errors
+        assert ex.pid not in (None, old) and ex.restarts == 1
+    finally:
+        ex.close()
 
 
 def test_the_server_answers_through_the_process(serve, store, make_pack, backbone) -> None:  # type: ignore[no-untyped-def]
@@ -182,25 +217,27 @@ def test_a_load_meets_a_dead_process_or_a_store_that_is_down(store, backbone, ma
         down.close()
 
 
-def test_the_fair_lock_is_granted_in_arrival_order() -> None:
-    import threading
+def test_the_pipes_are_granted_in_arrival_order() -> None:
+    """Every waiter gets a pipe, in the order they came, from the holder that releases one."""
     import time
 
-    lock, order = _FairLock(), []
-    lock.__enter__()
+    lanes, order = _Lanes(2), []
+    first, second = lanes.acquire(), lanes.acquire()
     threads = []
     for i in range(4):
         def take(i: int = i) -> None:
-            with lock:
-                order.append(i)
+            with lanes.one() as lane:
+                order.append((i, lane))
         threads.append(threading.Thread(target=take))
         threads[-1].start()
-        while len(lock._waiters) < i + 1:  # each waits before the next arrives
+        while len(lanes._waiters) < i + 1:  # each waits before the next arrives
             time.sleep(0.001)
-    lock.__exit__()
+    lanes.release(second)  # handed along the waiters, one after another
     for t in threads:
         t.join(5)
-    assert order == [0, 1, 2, 3] and not lock._held
+    assert order == [(0, second), (1, second), (2, second), (3, second)]
+    lanes.release(first)
+    assert sorted(lanes._free) == [0, 1] and not lanes._waiters
 
 
 def test_a_gpu_backbone_is_refused(backbone) -> None:  # type: ignore[no-untyped-def]
@@ -222,7 +259,7 @@ def test_a_task_the_cache_keeps_is_never_reloaded_in_a_batch(store, backbone, ma
     cache = PackCache(store, backbone, budget, Metrics(), prepare=ex.load)
     sent: list = []
     sync = ex._sync
-    ex._sync = lambda frames: (r := sync(frames), sent.extend(r[0]))[0]  # type: ignore[method-assign]
+    ex._sync = lambda frames: (r := sync(frames), sent.extend(r[1]))[0]  # type: ignore[method-assign]
     x = torch.randn(3, 32, 32)
 
     def ask(tid: str) -> None:
@@ -247,7 +284,7 @@ def test_a_load_runs_beside_the_batch_in_flight(store, backbone, make_pack) -> N
     ex = ProcessExecutor(backbone, store=store)
     done: list[PreparedTask] = []
     try:
-        with ex._lock:  # a batch in flight
+        with ex._lanes.one():  # a batch in flight
             worker = threading.Thread(target=lambda: done.append(ex.load("t1", 1, rec.sha256)), daemon=True)
             worker.start()
             worker.join(120)  # liveness, not a timing: with one pipe for both, this load waited forever
