@@ -7,10 +7,10 @@ integers that the store assigns (1, 2, ...); the pack's own ``version`` string i
 kept in the same record (so they change atomically with it) with a bounded log of every alias change.
 
 Integrity: every read of stored bytes verifies them against their address, here and nowhere else
-(:meth:`Store.get_pack_bytes`, :meth:`Store.get_backbone`).  A pack whose bytes no longer hash to
-their digest is recorded as corrupt *in the store* and announced with a ``corrupt`` event, so every
-replica, the one that found it and those that still hold a good copy in memory, refuses it alike until
-an operator registers a pack again (the same bytes repair it).
+(:meth:`Store.get_pack_bytes`, :meth:`Store.use_pack_bytes`, :meth:`Store.get_backbone`).  A pack whose
+bytes no longer hash to their digest is recorded as corrupt *in the store* and announced with a
+``corrupt`` event, so every replica, the one that found it and those that still hold a good copy in
+memory, refuses it alike until an operator registers a pack again (the same bytes repair it).
 
 Lifecycle: each task keeps its last ``keep_versions`` versions (:mod:`.lifecycle`) plus every version
 an alias points at (retention never drops an aliased version); bytes that no record names are
@@ -24,6 +24,8 @@ import logging
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 from ..errors import (
     BackboneNotFound,
@@ -42,6 +44,7 @@ from .records import StoreEvent, TaskRecord, pruned, with_alias, without_alias
 __all__ = ["GcReport", "Store", "Subscription"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Subscription(ABC):
@@ -126,23 +129,48 @@ class Store(ABC):
     def get_pack_bytes(self, sha256: str, task_id: str | None = None) -> bytes:
         """The pack stored under ``sha256``, verified.  Raise PackNotFound, or DigestMismatch when the
         digest is marked corrupt or the bytes do not hash to it (which marks it, on every replica)."""
+        data = self._fetch_pack(sha256)
+        self._check_digest(data, sha256, task_id, sha256_hex(data))
+        return data
+
+    def use_pack_bytes(self, sha256: str, task_id: str | None, use: Callable[[bytes], T]) -> T:
+        """``use(bytes)`` of the pack stored under ``sha256``, run while another thread checks their digest
+        (hashlib releases the GIL): a cold load parses and folds while the bytes are hashed, instead of
+        after (SHA-256 of a 4.7 MB pack: 2.7 ms of an 11 ms cold switch on the 2-core machine).
+
+        What ``use`` returns or raises counts only once the bytes hash to their address; else, whatever
+        ``use`` did, DigestMismatch, exactly as :meth:`get_pack_bytes` (so ``use`` must keep nothing
+        before it returns: its caller keeps the result)."""
+        data = self._fetch_pack(sha256)
+        digest = _hasher().submit(sha256_hex, data)
+        try:
+            result = use(data)
+        except BaseException:
+            self._check_digest(data, sha256, task_id, digest.result())
+            raise
+        self._check_digest(data, sha256, task_id, digest.result())
+        return result
+
+    def _fetch_pack(self, sha256: str) -> bytes:
         data, corrupt = self._read_pack(sha256)
         if corrupt is not None:
             raise DigestMismatch(f"the stored pack {sha256[:12]}... is marked corrupt: {corrupt}", sha256)
         if data is None:
             raise PackNotFound(f"store {self.url} holds no pack {sha256[:12]}...")
-        actual = sha256_hex(data)
-        if actual != sha256:
-            detail = (f"its {len(data)} bytes hash to {actual[:12]}..., not to their address {sha256[:12]}...; "
-                      f"register the pack again to repair it")
-            log.error("store %s: pack %s... (task %s) failed its SHA-256 check: %s", self.url, sha256[:12],
-                      task_id or "?", detail)
-            try:
-                self._mark_corrupt(sha256, detail, task_id or "*")
-            except NetTailorError as e:  # the bytes are refused all the same
-                log.warning("cannot record pack %s... as corrupt: %s", sha256[:12], e.detail)
-            raise DigestMismatch(f"the stored pack {sha256[:12]}... is corrupt: {detail}", sha256)
         return data
+
+    def _check_digest(self, data: bytes, sha256: str, task_id: str | None, actual: str) -> None:
+        if actual == sha256:
+            return
+        detail = (f"its {len(data)} bytes hash to {actual[:12]}..., not to their address {sha256[:12]}...; "
+                  f"register the pack again to repair it")
+        log.error("store %s: pack %s... (task %s) failed its SHA-256 check: %s", self.url, sha256[:12],
+                  task_id or "?", detail)
+        try:
+            self._mark_corrupt(sha256, detail, task_id or "*")
+        except NetTailorError as e:  # the bytes are refused all the same
+            log.warning("cannot record pack %s... as corrupt: %s", sha256[:12], e.detail)
+        raise DigestMismatch(f"the stored pack {sha256[:12]}... is corrupt: {detail}", sha256)
 
     def check_pack(self, sha256: str) -> None:
         """Whether a copy of the bytes stored under ``sha256``, verified earlier, may still be used:
@@ -316,3 +344,16 @@ class Store(ABC):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+_HASHER: ThreadPoolExecutor | None = None
+_HASHER_LOCK = threading.Lock()
+
+
+def _hasher() -> ThreadPoolExecutor:
+    """The threads that hash packs beside their use (Store.use_pack_bytes), made on first use."""
+    global _HASHER
+    with _HASHER_LOCK:
+        if _HASHER is None:
+            _HASHER = ThreadPoolExecutor(max_workers=2, thread_name_prefix="nettailor-sha256")
+        return _HASHER

@@ -303,3 +303,22 @@ def test_check_pack_answers_for_a_digest_without_reading_its_bytes(store, make_p
         store.get_pack_bytes(rec.sha256)
     with pytest.raises(DigestMismatch, match="marked corrupt"):
         store.check_pack(rec.sha256)
+
+
+def test_use_pack_bytes_counts_only_once_the_bytes_hash_to_their_address(store, make_pack):
+    """``use`` runs while the digest is checked beside it: its result, or its error, stands only for bytes
+    that hash to their address; bit rot answers DigestMismatch whatever ``use`` did, and marks the pack."""
+    data = make_pack("digits").to_bytes()
+    rec, _ = store.register("digits", data)
+    assert store.use_pack_bytes(rec.sha256, "digits", len) == len(data)
+    with pytest.raises(ZeroDivisionError):  # good bytes: use's own error is the answer
+        store.use_pack_bytes(rec.sha256, "digits", lambda b: 1 // 0)
+    with pytest.raises(PackNotFound):
+        store.use_pack_bytes("0" * 64, "digits", len)
+    flip_stored_byte(store, rec.sha256, len(data) - 3)
+    with pytest.raises(DigestMismatch, match="hash to"):  # what use returned does not count
+        store.use_pack_bytes(rec.sha256, "digits", len)
+    with pytest.raises(DigestMismatch, match="marked corrupt"):  # nor what it raised; the mark is in the store
+        store.use_pack_bytes(rec.sha256, "digits", lambda b: 1 // 0)
+    with pytest.raises(DigestMismatch, match="marked corrupt"):
+        store.check_pack(rec.sha256)

@@ -24,14 +24,14 @@ def _cache(store: DirStore, backbone, capacity: int = 1 << 30, **kw) -> PackCach
 def test_fifty_concurrent_first_requests_load_once(client, store, make_pack, monkeypatch) -> None:
     store.register("t1", make_pack("t1").to_bytes())
     server_store = client.app.state.store
-    real, calls = server_store.get_pack_bytes, []
+    real, calls = server_store.use_pack_bytes, []
 
-    def slow_get_pack_bytes(sha256: str, task_id: str | None = None) -> bytes:
+    def slow_use_pack_bytes(sha256: str, task_id: str | None, use):  # type: ignore[no-untyped-def]
         calls.append(task_id)
         time.sleep(0.3)  # a wide window for the other 49 to miss too
-        return real(sha256, task_id)
+        return real(sha256, task_id, use)
 
-    monkeypatch.setattr(server_store, "get_pack_bytes", slow_get_pack_bytes)
+    monkeypatch.setattr(server_store, "use_pack_bytes", slow_use_pack_bytes)
     img = image_bytes()
 
     async def fire() -> list[int]:

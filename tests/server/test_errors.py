@@ -216,7 +216,8 @@ def test_store_unreachable_keeps_cached_tasks_serving(client, task, monkeypatch)
     def down(*a, **k):  # type: ignore[no-untyped-def]
         raise StoreUnavailable("store is down (test)")
 
-    for name in ("ping", "get_record", "get_pack", "get_pack_bytes", "list_tasks", "register", "delete"):
+    for name in ("ping", "get_record", "get_pack", "get_pack_bytes", "use_pack_bytes", "list_tasks", "register",
+                 "delete"):
         monkeypatch.setattr(store, name, down)
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json()["status"] == "degraded" and r.json()["store"] == "unreachable"

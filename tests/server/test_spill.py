@@ -94,6 +94,7 @@ def test_a_reload_maps_the_file_instead_of_fetching(any_store, backbone, make_pa
         raise AssertionError("fetched from the store")
 
     monkeypatch.setattr(type(any_store), "get_pack_bytes", no_fetch)
+    monkeypatch.setattr(type(any_store), "use_pack_bytes", no_fetch)
     again = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, uid=99, spill=spill)
     assert spill.hits == 1 and again.uid == 99 and again.spilled and not first.spilled
     assert all(torch.equal(a, b) for a, b in zip(again.tensors(), first.tensors()))
