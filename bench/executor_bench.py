@@ -26,6 +26,7 @@ import os
 import platform
 import random
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,9 +72,10 @@ def _rows(workload: str, batch: int, ntasks: int, k: int, rng: random.Random) ->
 
 def executor_rates(bb: Backbone, packs: list[bytes], *, batch: int = 32, seconds: float = 2.0, rounds: int = 3,
                    kernels: tuple[str | None, ...] = (None,), device: str = "cpu",
-                   dense: tuple[bool, ...] = (True,)) -> dict:
+                   dense: tuple[bool, ...] = (True,), lanes: int = 1) -> dict:
     """Images per second per workload (and kernel, and dense-convolution setting), best of ``rounds``;
-    the workloads and variants interleave."""
+    the workloads and variants interleave.  ``lanes``: threads each running batches, side by side (as
+    the executor process's lanes, server.engine)."""
     dev = torch.device(device)
     bb = bb.to(dev)
     tasks = [PreparedTask.from_pack(TaskPack.from_bytes(p), bb, version=1) for p in packs]
@@ -94,12 +96,23 @@ def executor_rates(bb: Backbone, packs: list[bytes], *, batch: int = 32, seconds
     def measure(name: str, step) -> None:  # type: ignore[no-untyped-def]
         step(0)
         sync()
-        n, k, t0 = 0, 1, time.perf_counter()
-        while time.perf_counter() - t0 < seconds:
-            step(k)
-            n, k = n + batch, k + 1
+        done = [0] * lanes
+        t0 = time.perf_counter()
+
+        def loop(j: int) -> None:
+            k = 1 + j
+            while time.perf_counter() - t0 < seconds:
+                step(k)
+                done[j], k = done[j] + batch, k + lanes
+
+        threads = [threading.Thread(target=loop, args=(j,)) for j in range(1, lanes)]
+        for t in threads:
+            t.start()
+        loop(0)
+        for t in threads:
+            t.join()
         sync()
-        best[name] = max(best.get(name, 0.0), n / (time.perf_counter() - t0))
+        best[name] = max(best.get(name, 0.0), sum(done) / (time.perf_counter() - t0))
 
     for _ in range(rounds):
         for variant, ex in executors.items():
@@ -110,7 +123,7 @@ def executor_rates(bb: Backbone, packs: list[bytes], *, batch: int = 32, seconds
         with torch.inference_mode():
             measure("full", lambda k: bb.net(xd))
     return {"img_per_s": best, "batch": batch, "tasks": len(tasks), "kernels": list(executors),
-            "device": str(dev), "torch_threads": torch.get_num_threads()}
+            "device": str(dev), "torch_threads": torch.get_num_threads(), "lanes": lanes}
 
 
 def main() -> None:
@@ -127,6 +140,7 @@ def main() -> None:
                     "products (server/denseconv.py), or as convolutions ('+conv' in the names)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     ap.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's own)")
+    ap.add_argument("--lanes", type=int, default=1, help="threads running batches side by side (default 1)")
     ap.add_argument("--quick", action="store_true", help="one round of 1 s per workload")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "executor_bench.json"), help="JSON output path")
     args = ap.parse_args()
@@ -139,7 +153,7 @@ def main() -> None:
     kernels = tuple(args.kernels.split(",")) if args.kernels else (None,)
     dense = tuple(d == "on" for d in args.dense.split(","))
     res = executor_rates(bb, packs, batch=args.batch, seconds=args.seconds, rounds=args.rounds,
-                         kernels=kernels, device=args.device, dense=dense)
+                         kernels=kernels, device=args.device, dense=dense, lanes=args.lanes)
     r = res["img_per_s"]
     for k in res["kernels"]:
         sfx = "" if len(res["kernels"]) == 1 else f"/{k}"
