@@ -9,8 +9,10 @@ multi-task frame's stem and shared frozen-BN prefixes still run once.  Results g
 request's future on its event loop, one loop wake-up per batch.
 
 ``workers`` threads may do this side by side (inter-op parallelism): while one runs a batch, the
-next fills and runs on another core; one worker forms a batch at a time.  The default is one
-(:func:`server.executor.executor_parallelism` says why).
+next fills and runs on another core; one worker forms a batch at a time.  A batch that would run
+beside another one waits, past the window, for half a batch of rows or for the other to finish:
+otherwise a closed loop of C clients splits into batches of C / workers rows, each costlier per row.
+The default is one worker (:func:`server.executor.executor_parallelism` says why).
 
 A full queue answers :class:`Overloaded` at once (with a Retry-After estimated from the recent cost
 per row) instead of queueing without bound.  A batch that fails is retried one frame at a time, so
@@ -79,6 +81,8 @@ class Batcher:
         self._collecting = threading.Lock()  # one worker forms a batch at a time; they run side by side
         self._queue: deque[_Job] = deque()
         self._depth = 0  # rows queued, not yet taken by the worker
+        self._running = 0  # batches in the executor
+        self._beside_rows = max(1, max_batch // 2)  # rows a batch needs to run beside another
         self._stop = False
         self._per_row_s = 0.005  # running estimate, for Retry-After
         self._threads = [threading.Thread(target=self._work, name=f"nettailor-executor-{k}", daemon=True)
@@ -141,10 +145,11 @@ class Batcher:
                     n += job.size
                     continue
                 left = deadline - time.perf_counter()
-                if left <= 0 or self._stop:
+                if self._stop or (left <= 0 and (not self._running or n >= self._beside_rows)):
                     break
-                self._cond.wait(left)
+                self._cond.wait(left if left > 0 else None)  # woken by a frame, or a batch done
             self._depth -= n
+            self._running += 1
             self.metrics.queue_depth.set(self._depth)
             return batch
 
@@ -159,6 +164,10 @@ class Batcher:
             except Exception as e:  # never leave a request waiting
                 log.exception("executor worker failed")
                 self._settle_all([(job, None, e) for job in batch])
+            finally:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify_all()  # a batch waiting to run beside this one may go now
 
     def _execute(self, batch: list[_Job]) -> None:
         t0 = time.perf_counter()

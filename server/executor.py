@@ -158,8 +158,10 @@ def executor_parallelism(workers: int = 0, threads: int = 0) -> tuple[int, int]:
     --server-env NETTAILOR_EXECUTOR_WORKERS=2, interleaved with the default, two rounds), two lanes used
     1.65 cores against 1.44 but served 0.87-0.90x (N = 20) and 0.82-1.04x (N = 1,000), p99 up to 1.55x:
     the closed loop's 32 requests split into batches half as large (8.9 against 15.9 rows), each
-    costlier per row, and the two lanes took the event loop's core.  In-process, two workers also
-    served the same rate as one, with batches half as large: every thread waits on the one GIL."""
+    costlier per row, and the two lanes took the event loop's core.  With a batch running beside
+    another only once it holds half a batch (server.batching), batches stayed full, and two workers
+    served 0.88-1.07x one at N = 20 and 0.97-1.09x at N = 1,000 over four rounds: no gain.  In-process,
+    two workers also served the same rate as one: every thread waits on the one GIL."""
     cores = os.cpu_count() or 1
     return workers or 1, threads or max(1, cores - 1)
 

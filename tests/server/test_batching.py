@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import threading
 
 import httpx
 import pytest
@@ -180,3 +181,56 @@ def test_several_workers_answer_every_request_with_its_own_task(backbone, packs,
     assert not any(t.is_alive() for t in batcher._threads)
     with pytest.raises(ValueError, match="at least 1"):
         Batcher(ex, workers=0)
+
+
+class _Gated:
+    """An executor whose first batch waits for ``gate``: a batch in flight for as long as a test needs."""
+
+    def __init__(self) -> None:
+        self.calls: list[int] = []  # rows per call
+        self.gate = threading.Event()
+
+    def run_frames(self, frames):  # type: ignore[no-untyped-def]
+        self.calls.append(sum(len(ts) for _, ts in frames))
+        if len(self.calls) == 1:
+            self.gate.wait(30)
+        return [[torch.zeros(3)] * len(ts) for _, ts in frames]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_batch_runs_beside_another_only_with_half_a_batch_of_rows(prepared) -> None:
+    """With two workers, a batch that would run beside one in flight waits past the window until it
+    holds half of max_batch rows; a lone row runs once the batch in flight is done."""
+    ex = _Gated()
+    batcher = Batcher(ex, max_batch=4, window_s=0.001, max_queue=64, workers=2)  # type: ignore[arg-type]
+    x = torch.randn(3, 32, 32)
+
+    async def until(cond) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(3000):
+            if cond():
+                return
+            await asyncio.sleep(0.001)
+        raise AssertionError("timed out")
+
+    async def go() -> None:
+        first = asyncio.ensure_future(batcher.run([(prepared[0], x)]))
+        await until(lambda: len(ex.calls) == 1)  # in flight, held by the gate
+        lone = asyncio.ensure_future(batcher.run([(prepared[1], x)]))
+        await asyncio.sleep(0.1)  # a hundred windows
+        assert ex.calls == [1]  # one row does not run beside the batch in flight
+        second = asyncio.ensure_future(batcher.run([(prepared[2], x)]))
+        await until(lambda: len(ex.calls) == 2)
+        assert ex.calls == [1, 2]  # two rows, half of max_batch: they run beside it
+        third = asyncio.ensure_future(batcher.run([(prepared[0], x)]))
+        await asyncio.sleep(0.1)
+        assert ex.calls == [1, 2]  # the first batch is still in flight: a lone row waits again
+        ex.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, lone, second, third), 30)
+        assert ex.calls == [1, 2, 1]  # once the first was done, the lone row ran
+
+    try:
+        asyncio.run(go())
+    finally:
+        batcher.close()
