@@ -74,7 +74,8 @@ def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sh
     server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`.
 
     With a ``spill`` tier (server.spill), a task folded before is mapped from its file instead, once
-    the store confirms that the digest is still stored and unmarked; a task folded here is written there."""
+    the store confirms that the digest is still stored and unmarked; a task folded here is written there
+    (by the tier's writer thread, after this returns)."""
     key = (backbone.backbone_id, sha256)
     if spill is not None and key in spill:
         try:
@@ -105,5 +106,5 @@ def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sh
         raise _refused(task_id, e) from None
     _VALIDATED.add(_Validated.key(backbone.backbone_id, sha256))  # only bytes that hashed to their address
     if spill is not None:
-        spill.save(backbone.backbone_id, task)
+        spill.save_later(backbone.backbone_id, task)  # written off this load's path
     return task

@@ -8,6 +8,8 @@ import logging
 import os
 import signal
 import stat
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -88,6 +90,7 @@ def test_the_budget_drops_the_least_recently_used_files(tmp_path, make_pack, bac
 def test_a_reload_maps_the_file_instead_of_fetching(any_store, backbone, make_pack, spill, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
     first = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    spill.flush()  # written by the tier's writer thread
     assert spill.writes == 1 and spill.hits == 0
 
     def no_fetch(*a: object, **k: object) -> bytes:
@@ -126,10 +129,12 @@ def test_the_store_still_decides(any_store, backbone, make_pack, spill) -> None:
 def test_a_damaged_file_is_dropped_and_the_store_answers(any_store, backbone, make_pack, spill, caplog) -> None:  # type: ignore[no-untyped-def]
     rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
     want = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    spill.flush()
     path = spill.dir / SpillTier._name(backbone.backbone_id, rec.sha256)
     os.truncate(path, path.stat().st_size // 2)
     with caplog.at_level(logging.WARNING, logger="server.spill"):
         got = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)
+    spill.flush()
     assert "cannot be read back" in caplog.text and spill.hits == 0
     assert all(torch.equal(a, b) for a, b in zip(got.tensors(), want.tensors()))
     assert path.stat().st_size > 0 and (backbone.backbone_id, rec.sha256) in spill  # written again, whole
@@ -159,6 +164,10 @@ def test_the_executor_process_spills_and_a_new_child_starts_empty(store, backbon
 
     try:
         desc = ex.load("t1", 1, rec.sha256)
+        for _ in range(3000):  # written by the child's writer thread, after the load returned
+            if files():
+                break
+            time.sleep(0.01)
         assert len(files()) == 1
         (row,) = ex.run_frames([(torch.randn(3, 32, 32), [desc])])
         os.kill(ex.pid, signal.SIGKILL)  # type: ignore[arg-type]
@@ -228,3 +237,35 @@ def test_a_spilled_task_is_copied_to_a_device_other_than_the_cpu(backbone, make_
     assert back is not None and back.spilled
     assert all(b.device.type == "meta" and b.shape == t.shape and b.dtype == t.dtype
                for b, t in zip(back.tensors(), task.tensors()))
+
+
+def test_a_load_waits_for_the_write_it_finds_queued(any_store, backbone, make_pack, spill, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A cold load queues its task's file and returns; a load of the same task meanwhile waits for that
+    write and maps the file, instead of fetching the pack a second time."""
+    rec, _ = any_store.register("t1", make_pack("t1").to_bytes())
+    started, release = threading.Event(), threading.Event()
+    save = SpillTier.save
+
+    def slow_save(self, backbone_id, task):  # type: ignore[no-untyped-def]
+        started.set()
+        release.wait(30)
+        save(self, backbone_id, task)
+
+    monkeypatch.setattr(SpillTier, "save", slow_save)
+    first = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)  # returns before the write
+    assert started.wait(30) and (backbone.backbone_id, rec.sha256) in spill and spill.writes == 0
+    threading.Timer(0.2, release.set).start()
+    again = load_stored(any_store, backbone, "t1", rec.version, rec.sha256, spill=spill)  # waits, then maps it
+    assert spill.writes == 1 and spill.hits == 1 and again.spilled
+    assert all(torch.equal(a, b) for a, b in zip(again.tensors(), first.tensors()))
+
+
+def test_close_finishes_the_queued_writes(backbone, make_pack, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    tier = SpillTier(1 << 30, tmp_path)
+    tasks = [PreparedTask.from_pack(make_pack(f"t{i}", seed=i), backbone, version=1) for i in range(3)]
+    for t in tasks:
+        tier.save_later(backbone.backbone_id, t)
+    tier.close()
+    assert tier.writes == 3 and not tier.dir.exists()
+    tier.save_later(backbone.backbone_id, tasks[0])  # after close: nothing queued, nothing raised
+    assert tier.writes == 3
