@@ -335,7 +335,8 @@ def main() -> None:
     server_threads = executor_parallelism(0, int(_server_env(args).get("NETTAILOR_TORCH_THREADS", 0)))[1]
 
     def limit() -> dict:
-        """The executor's rates at the machine's thread count (the reference), and at the server's own."""
+        """The executor's rates at the machine's thread count (the reference), at the server's own, and
+        as two lanes of one thread each."""
         r = _rates(bb, limit_packs, args, machine_threads, machine_threads)
         own = _rates(bb, limit_packs, args, server_threads, machine_threads)
         r.update({f"{k}@server_threads": v for k, v in own.items() if k in ("mixed", "one")})

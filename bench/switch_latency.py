@@ -8,7 +8,8 @@ from other processes hits them alike:
 * ``hot``     - a different task whose pack is cached (the switch is a cache hit);
 * ``cold``    - a different task whose pack is not cached: fetched from Redis, parsed, validated and
                 moved to the device (the cache entry is invalidated before each request); with the
-                spill tier (``nettailor serve``'s default), its first load, which also writes the file;
+                spill tier (``nettailor serve``'s default), its first load, which also queues the
+                file's write (done by the tier's thread, after the switch);
 * ``spilled`` - (``--spill``) a different task evicted from the cache but kept by the spill tier
                 (server.spill): the store checks the digest, the file is mapped back;
 * ``full``    - what a server without NetTailor does: fetch a full fine-tuned ResNet of the same

@@ -59,6 +59,9 @@ def recv(conn: Connection) -> object:
     return pickle.loads(conn.recv_bytes())
 
 
+_ORDER_TIMEOUT_S = 60.0  # a batch numbered but never sent means a server that is gone or restarting us
+
+
 class _Order:
     """Turns taken in the order the server numbered the batches (their changes to the held tasks)."""
 
@@ -78,8 +81,6 @@ class _Order:
                 self._next = seq + 1
                 self._cond.notify_all()
 
-
-_ORDER_TIMEOUT_S = 60.0  # a batch numbered but never sent means a server that is gone or restarting us
 
 
 def serve(conns: list[Connection], load_conn: Connection, kernel: str | None, threads: int, store: Store | None,
@@ -117,6 +118,8 @@ def serve(conns: list[Connection], load_conn: Connection, kernel: str | None, th
     finally:
         if spill is not None:
             spill.close()
+
+
 def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
     """The child's load thread: one cold load at a time, answered with the task's description."""
     try:

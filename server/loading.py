@@ -87,12 +87,13 @@ def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sh
         if task is not None:
             return task
 
+    valid = _Validated.key(backbone.backbone_id, sha256)
+
     def prepare(data: bytes) -> PreparedTask:  # run while the store hashes the bytes beside it
         try:
             pack = TaskPack.from_bytes(data, backbone_id=backbone.backbone_id, verified_sha256=sha256)
             if pack.task_id != task_id:
                 raise PackError(f"the stored pack names task {pack.task_id!r}")
-            valid = _Validated.key(backbone.backbone_id, sha256)
             return PreparedTask.from_pack(pack, backbone, version=version, uid=uid, validated=valid in _VALIDATED)
         except Exception as e:  # whatever is wrong with the stored bytes, it stays this task's problem
             why = "was trained on another backbone" if isinstance(e, BackboneMismatch) else "is corrupt"
@@ -104,7 +105,7 @@ def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sh
         task = store.use_pack_bytes(sha256, task_id, prepare)
     except (DigestMismatch, PackNotFound) as e:
         raise _refused(task_id, e) from None
-    _VALIDATED.add(_Validated.key(backbone.backbone_id, sha256))  # only bytes that hashed to their address
+    _VALIDATED.add(valid)  # only bytes that hashed to their address
     if spill is not None:
         spill.save_later(backbone.backbone_id, task)  # written off this load's path
     return task

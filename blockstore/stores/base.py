@@ -144,12 +144,9 @@ class Store(ABC):
         data = self._fetch_pack(sha256)
         digest = _hasher().submit(sha256_hex, data)
         try:
-            result = use(data)
-        except BaseException:
+            return use(data)
+        finally:  # a mismatch raises here, in place of use's result or error
             self._check_digest(data, sha256, task_id, digest.result())
-            raise
-        self._check_digest(data, sha256, task_id, digest.result())
-        return result
 
     def _fetch_pack(self, sha256: str) -> bytes:
         data, corrupt = self._read_pack(sha256)
