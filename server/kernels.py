@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 KERNELS = ("looped", "grouped")
 Run = tuple["PreparedTask", int, int]  # a task and its rows [start, stop)
+_FEW_RUNS = 2  # up to this many runs, add_layer_bias adds run by run
 
 
 def _looped_mm(x: Tensor, mats: Sequence[Tensor], rows: Sequence[int]) -> Tensor:
@@ -150,10 +151,12 @@ def add_layer_bias(out: Tensor, runs: Sequence[Run], layer: int, kernel: str) ->
     runs = [r for r in runs if layer in r[0].layer_bias]
     if not runs:
         return
-    if kernel == "looped":
+    if kernel == "looped" and len(runs) <= _FEW_RUNS:
         for t, a, c in runs:
             out[a:c] += t.layer_bias[layer]
         return
+    # One add for many runs, whatever the kernel: an in-place add of a slice costs about 3 us a call
+    # on the CPU, where stacking 20 runs' biases and adding them once took 14-22 us in all.
     rows, _ = _rows(runs, out.device)
     _add_rows(out, rows, _per_run([t.layer_bias[layer] for t, _, _ in runs], runs)[:, None, None, :])
 
