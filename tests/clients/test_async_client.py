@@ -15,7 +15,8 @@ pytestmark = pytest.mark.anyio
 async def test_every_method(live_server) -> None:
     pack_v1 = build_pack(live_server.backbone, "async-task", 2, version="a").to_bytes()
     pack_v2 = build_pack(live_server.backbone, "async-task", 2, version="b").to_bytes()
-    async with AsyncClient(live_server.url, token=TOKEN, retries=0) as c:
+    # A generous read timeout: this tests behaviour, not speed (a throttled machine took over 10 s).
+    async with AsyncClient(live_server.url, token=TOKEN, retries=0, timeout=120) as c:
         assert (await c.health())["status"] == "ok"
         assert {"alpha", "beta", "gamma"} <= {t.task_id for t in await c.list_tasks()}
         assert (await c.get_task("alpha")).num_classes == 3

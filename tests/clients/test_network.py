@@ -67,7 +67,8 @@ def test_a_session_reconnects_after_the_server_restarts(backbone, tmp_path):
     server = _Server(root, _free_port())
     server.start()
     frame = png()
-    with Client(f"http://127.0.0.1:{server.port}", token=TOKEN, retries=Retry(connect=0)) as c:
+    # A generous read timeout: this tests reconnection, not speed (a throttled machine took over 10 s).
+    with Client(f"http://127.0.0.1:{server.port}", token=TOKEN, retries=Retry(connect=0), timeout=120) as c:
         c.wait_ready(60)
         session = c.task("alpha")
         first = session.predict(frame)
