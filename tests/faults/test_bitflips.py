@@ -11,7 +11,7 @@ import time
 import httpx
 
 from blockstore import RedisStore
-from tests.server.conftest import image_bytes
+from tests.server.conftest import EVENTUALLY_S, image_bytes
 
 from .conftest import AUTH, replica
 
@@ -44,7 +44,7 @@ def test_every_flipped_pack_byte_is_detected_on_every_replica(redis_server, make
         with replica(redis_server.url, tmp_path) as fresh:
             assert set(_statuses(fresh.base, ids).values()) == {503}  # the fresh one reads and detects
             # The running one held good copies; the store's corrupt events make it drop them.
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + EVENTUALLY_S
             while set(got := _statuses(running.base, ids).values()) != {503} and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert set(got) == {503}
@@ -58,7 +58,7 @@ def test_every_flipped_pack_byte_is_detected_on_every_replica(redis_server, make
             # The same bytes, registered again, repair the task on both replicas.
             assert httpx.put(f"{fresh.base}/v1/tasks/{ids[0]}", content=packs[ids[0]], headers=AUTH,
                              timeout=60).status_code == 200
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + EVENTUALLY_S
             while _statuses(running.base, ids[:1])[ids[0]] != 200 and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert _statuses(running.base, ids[:1]) == _statuses(fresh.base, ids[:1]) == {ids[0]: 200}

@@ -11,7 +11,7 @@ from collections import Counter
 import httpx
 
 from blockstore import DirStore, RedisStore
-from tests.server.conftest import image_bytes
+from tests.server.conftest import EVENTUALLY_S, image_bytes
 
 from .conftest import AUTH, replica
 
@@ -97,7 +97,7 @@ def test_a_replica_killed_during_an_update_leaves_the_store_whole(redis_server, 
             assert victim.proc.poll() is not None
             assert httpx.put(f"{survivor.base}/v1/tasks/live", content=packs[5], headers=AUTH,
                              timeout=60).status_code == 200
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + EVENTUALLY_S
             while (not versions or versions[-1][1] != store.get_record("live").version) \
                     and time.monotonic() < deadline:
                 time.sleep(0.05)

@@ -16,6 +16,10 @@ from server.settings import Settings
 
 TOKEN = "s3cret-operator-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+# How long a test waits for something that must happen eventually (a store event reaching a replica)
+# before it fails.  A bound against hanging, not a timing the test asserts: issue 11's tests assert
+# none, and a 1 s bound failed on a loaded machine.
+EVENTUALLY_S = 60.0
 
 
 def image_bytes(fmt: str = "PNG", size: tuple[int, int] = (40, 30), mode: str = "RGB", seed: int = 0) -> bytes:

