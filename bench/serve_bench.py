@@ -22,6 +22,8 @@ baseline ``bench/baseline_server.py``.  Tasks: ResNet-18 (ImageNet stem, 32 px) 
 plans keeping about 60% of the blocks (1.4 MB per pack).
 
 Run:  .venv/bin/python bench/serve_bench.py            (about 8 minutes; --quick for about 3)
+      .venv/bin/python bench/serve_bench.py --quick --rounds 3   (the targets' ratios as medians of three
+      interleaved rounds, each round's in summary_rounds: one round's swing by 0.15 on a shared machine)
 Writes bench/out/serve_bench.json (and .png).  Profile the server at one point:
       .venv/bin/python bench/serve_bench.py --quick --tasks 20 --profile
 (py-spy records the server process for the measured seconds: bench/out/serve_profile.svg, and
@@ -310,9 +312,14 @@ def _args() -> argparse.Namespace:
                     help="before each point's warm-up, ask for every task once, as a server in service has "
                          "(--no-prime: a freshly started server, whose first loads of each task fall in the "
                          "measured seconds at N = 1,000)")
+    ap.add_argument("--rounds", type=int, default=1, help="serve every point this many times, interleaved "
+                    "(N = 1, 20, 1000, then again); the summary is each target ratio's median over the rounds, "
+                    "each round's own in summary_rounds (one round's ratios swung by 0.15 on the shared machine)")
     ap.add_argument("--quick", action="store_true", help="N in {1,20,1000}, C=32, zipf, 4 s per point")
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "serve_bench.json"), help="JSON output path")
     args = ap.parse_args()
+    if args.rounds < 1:
+        ap.error("--rounds must be at least 1")
     if args.quick:
         args.tasks = "1,20,1000" if args.tasks == ap.get_default("tasks") else args.tasks
         args.concurrency, args.seconds, args.warmup, args.executor_seconds = "32", 4.0, 2.0, 1.0
@@ -352,13 +359,15 @@ def main() -> None:
     frames = png_frames(64)
     results: list[dict] = []
     try:
-        for n in ns:
-            store = RedisStore(args.redis, prefix=f"{prefix}n{n}:")
-            store.put_backbone(bb.to_bytes())
-            for tid, data in zip(task_ids[:n], packs):
-                store.register(tid, data)
+        for rnd, n in ((rnd, n) for rnd in range(args.rounds) for n in ns):
             systems = _systems(args, n, prefix)
-            if "baseline" in systems:
+            if rnd == 0:  # the tasks stay registered for the later rounds; each server starts afresh
+                store = RedisStore(args.redis, prefix=f"{prefix}n{n}:")
+                store.put_backbone(bb.to_bytes())
+                for tid, data in zip(task_ids[:n], packs):
+                    store.register(tid, data)
+                store.close()
+            if "baseline" in systems and rnd == 0:
                 full = bb.to_bytes()
                 for tid in task_ids[:n]:
                     rds.set(f"{prefix}base{n}:model:{tid}", full)
@@ -374,9 +383,10 @@ def main() -> None:
                             point = _measure(port, proc.pid, args, task_ids[:n], dist, c, frames,
                                              url + "/metrics" if system == "nettailor" else None)
                             point.update(system=system, tasks=n, dist=dist, concurrency=c, idle_rss_mb=idle,
-                                         spill_mb=_dir_mb(args.spill_dir))
+                                         spill_mb=_dir_mb(args.spill_dir), round=rnd)
                             results.append(point)
-                            print(f"[bench] {system:9s} N={n:4d} {dist:7s} C={c:2d}: {point['throughput_rps']:7.1f} "
+                            print(f"[bench] round {rnd + 1}/{args.rounds} {system:9s} N={n:4d} {dist:7s} C={c:2d}: "
+                                  f"{point['throughput_rps']:7.1f} "
                                   f"req/s  p50 {point['p50_ms']:6.1f}  p99 {point['p99_ms']:6.1f} ms  server "
                                   f"{point['server_cores']:.2f} cores  loadgen {point['loadgen_cores']:.2f}  rss "
                                   f"{point['rss_mb']:.0f} MB  spill {point['spill_mb']:.0f} MB  "
@@ -402,7 +412,7 @@ def main() -> None:
                    "executor_threads": machine_threads, "server_executor_threads": server_threads},
         "executor_img_per_s": executor, "executor_runs": rates,
         "results": results,
-        "summary": summarise(results, executor),
+        **summarise_rounds(results, executor, args.rounds),
     }
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -480,6 +490,26 @@ def summarise(results: list[dict], executor: dict) -> dict:
     return s
 
 
+def summarise_rounds(results: list[dict], executor: dict, rounds: int) -> dict:
+    """``summary``: :func:`summarise` of the one round, or each ratio's median over the rounds (the
+    executor's limit is the best of its runs, as with one round); ``summary_rounds``: each round's."""
+    each = [summarise([r for r in results if r.get("round", 0) == k], executor) for k in range(rounds)]
+    if rounds == 1:
+        return {"summary": each[0]}
+    return {"summary": _median(each), "summary_rounds": each}
+
+
+def _median(dicts: list[dict]) -> dict:
+    """Key by key, the median of the numbers (nested dicts likewise); a key missing from a round is left out."""
+    out: dict = {}
+    for k in dicts[0]:
+        vals = [d[k] for d in dicts if k in d]
+        if len(vals) < len(dicts):
+            continue
+        out[k] = _median(vals) if isinstance(vals[0], dict) else float(np.median(vals))
+    return out
+
+
 def plot(results: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -491,8 +521,9 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, dist in zip(axes[0], dists):
         for system, style in (("nettailor", "-o"), ("baseline", "--s")):
             for n in sorted({r["tasks"] for r in results}):
-                pts = sorted((r["concurrency"], r["throughput_rps"]) for r in results
-                             if r["system"] == system and r["tasks"] == n and r["dist"] == dist)
+                pts = sorted((r["concurrency"], r["throughput_rps"]) for r in results  # the first round
+                             if r["system"] == system and r["tasks"] == n and r["dist"] == dist
+                             and r.get("round", 0) == 0)
                 if pts:
                     ax.plot(*zip(*pts), style, label=f"{system} N={n}")
         ax.set_title(f"throughput, {dist} popularity")
