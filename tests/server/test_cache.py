@@ -122,8 +122,26 @@ def test_a_rarely_asked_task_does_not_push_out_a_popular_one(store, backbone, ma
     assert sorted(cache.cached_tasks()) == ["t0", "t1"]
     assert cache.metrics.cache_evictions.labels("admission")._value.get() == 1
     for _ in range(3):
-        cache.lease("t2").release()  # now asked for as often as t0: it takes the least recent place
-    assert sorted(cache.cached_tasks()) == ["t1", "t2"]
+        cache.lease("t2").release()  # now asked for as often as t1: it takes the colder one's place
+    assert sorted(cache.cached_tasks()) == ["t0", "t2"]  # t0, least recent but most asked for, stays
+
+
+def test_a_large_rarely_asked_task_goes_before_a_small_popular_one(store, backbone, make_pack) -> None:
+    """The victim is the least asked for *per byte* among the least recently used: plain LRU would push
+    out ``small`` here (the least recent); the cache pushes out ``large``, asked for twice but several
+    times the size."""
+    store.register("small", make_pack("small", seed=0).to_bytes())
+    store.register("new", make_pack("new", seed=1).to_bytes())
+    store.register("large", make_pack("large", seed=2, num_classes=3000).to_bytes())
+    probe = _cache(store, backbone)
+    one, big = probe.lease("small").task.nbytes, probe.lease("large").task.nbytes
+    assert big > 3 * one
+    cache = _cache(store, backbone, capacity=one + big + one // 2)
+    for tid in ("small", "large", "large"):
+        cache.lease(tid).release()
+    cache.lease("new").release()
+    assert sorted(cache.cached_tasks()) == ["new", "small"]
+    assert cache.metrics.cache_evictions.labels("capacity")._value.get() == 1
 
 
 def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -> None:
