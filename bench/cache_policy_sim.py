@@ -10,7 +10,7 @@ compared on the same trace, exactly, instead of through the served benchmark's n
   since the policy is what is measured), and the hit rate is counted after the priming, per span
   of the trace (a served run of 30 s is about 7,000 requests at N = 1,000); ``--shift``: halfway,
   the ranks go to other tasks, as when a fleet's robots change missions;
-* ``--sample``: the eviction's sample (``server.cache.EVICTION_SAMPLE``), repeatable; 1 is LRU with
+* ``--sample``: the eviction's sample (:class:`server.admission.Policy`), repeatable; 1 is LRU with
   admission by popularity per byte.
 
 Beside them, the best a static cache of that budget can do: the most popular tasks per byte.
@@ -35,9 +35,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from executor_bench import build_packs, make_backbone  # noqa: E402
 
-import server.cache as cache_mod  # noqa: E402
 from blockstore import Preprocess, TailoredNet, TaskPack  # noqa: E402
 from blockstore.testing import random_plan, randomize  # noqa: E402
+from server.admission import Policy  # noqa: E402
 from server.cache import PackCache  # noqa: E402
 from server.metrics import Metrics  # noqa: E402
 from server.prepared import PreparedTask, new_uid  # noqa: E402
@@ -63,14 +63,14 @@ def _template() -> PreparedTask:
     return PreparedTask.from_pack(pack, bb, version=1).description()
 
 
-def simulate(sizes: list[int], ranks: list[int], args: argparse.Namespace, sample: int) -> dict:
-    cache_mod.EVICTION_SAMPLE = sample
-    template = _template()
+def simulate(sizes: list[int], ranks: list[int], args: argparse.Namespace, sample: int,
+             template: PreparedTask) -> dict:
 
     def prepare(task_id: str, version: int, sha256: str) -> PreparedTask:
         return replace(template, task_id=task_id, nbytes=sizes[int(task_id)], uid=new_uid())
 
-    cache = PackCache(_Records(), None, args.capacity_mb * 2**20, Metrics(), prepare=prepare)  # type: ignore[arg-type]
+    cache = PackCache(_Records(), None, args.capacity_mb * 2**20, Metrics(), prepare=prepare,  # type: ignore[arg-type]
+                      policy=Policy(sample))
     weights = [1 / (k + 1) ** args.alpha for k in range(len(sizes))]
     cum, total = [], 0.0
     for w in weights:
@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(ROOT / "bench" / "out" / "cache_policy_sim.json"))
     args = ap.parse_args()
-    samples = args.sample or sorted({1, cache_mod.EVICTION_SAMPLE})
+    samples = args.sample or sorted({1, Policy().sample})
     print(f"[sim] sizing {args.tasks} packs as bench/serve_bench.py builds them", flush=True)
     packs = build_packs(make_backbone("imagenet"), [f"task-{i:04d}" for i in range(args.tasks)])
     sizes = [len(p) for p in packs]
@@ -125,9 +125,9 @@ def main() -> None:
         if used + sizes[t] <= budget:
             used += sizes[t]
             ideal += popularity[t]
-    runs = []
+    runs, template = [], _template()
     for sample in samples:
-        r = simulate(sizes, ranks, args, sample)
+        r = simulate(sizes, ranks, args, sample, template)
         rates = json.dumps({k: round(v, 4) for k, v in r["hit_rate"].items()})
         print(f"[sim] sample {sample:3d}: hit rate per span of requests {rates}, {r['entries']} tasks held", flush=True)
         runs.append(r)

@@ -1,6 +1,7 @@
 """The pack cache: task id -> ready-to-run task tensors on the device.
 
-* **Bounded in bytes**: an LRU over :attr:`PreparedTask.nbytes`, never a count of tasks.
+* **Bounded in bytes**: over :attr:`PreparedTask.nbytes`, never a count of tasks; what a full cache
+  pushes out, and whether it keeps a newcomer, is :class:`server.admission.Policy`'s choice.
 * **Single flight**: concurrent misses on one task wait for one load (threads wait on an event;
   coroutines of one event loop share one future, so 50 requests do not park 50 threads).
 * **Cold loads off the hot path**: a coroutine's miss runs in one of ``load_threads`` loader threads;
@@ -43,7 +44,7 @@ from blockstore import (
     StoreEvent,
 )
 
-from .admission import Popularity
+from .admission import Policy
 from .errors import TaskUnavailable
 from .executor import PreparedTask
 from .loading import LoadFailure, Prepare, load_stored
@@ -52,10 +53,6 @@ from .metrics import Metrics
 __all__ = ["Lease", "PackCache", "pinned_key", "split_key"]
 
 log = logging.getLogger(__name__)
-
-
-# How many of the least recently used entries the eviction compares (PackCache._evict).
-EVICTION_SAMPLE = 32
 
 
 def pinned_key(task_id: str, version: int) -> str:
@@ -109,7 +106,8 @@ class _Flight:
 
 class PackCache:
     def __init__(self, store: Store, backbone: Backbone, capacity_bytes: int, metrics: Metrics | None = None, *,
-                 failure_ttl: float = 5.0, prepare: Prepare | None = None, load_threads: int = 4) -> None:
+                 failure_ttl: float = 5.0, prepare: Prepare | None = None, load_threads: int = 4,
+                 policy: Policy | None = None) -> None:
         self.store, self.backbone, self.capacity = store, backbone, capacity_bytes
         self.metrics = metrics or Metrics()
         self.failure_ttl = failure_ttl
@@ -127,7 +125,7 @@ class PackCache:
         self._gen: dict[str, int] = {}
         self._failures: dict[str, tuple[float, BaseException]] = {}
         self._pending: dict[str, asyncio.Future[_Entry]] = {}  # event-loop side of single flight
-        self._popularity = Popularity()
+        self._policy = policy or Policy()
         self.loads = 0
 
     # -- public ----------------------------------------------------------------------------
@@ -169,7 +167,7 @@ class PackCache:
     def try_lease(self, task_id: str) -> Lease | None:
         """A hit, or None on a miss; raises the remembered failure of a task with a bad pack."""
         with self._lock:
-            self._popularity.touch(task_id, len(self._entries))
+            self._policy.touch(task_id, len(self._entries))
             e = self._entries.get(task_id)
             if e is not None:
                 self._entries.move_to_end(task_id)
@@ -365,48 +363,23 @@ class PackCache:
             self._retired[id(e)] = e
 
     def _evict(self, key: str, new: _Entry) -> None:
-        """Make room for ``new`` (just inserted under ``key``) until the budget holds.  Each victim is
-        the entry asked for least often lately *per byte* among the ``EVICTION_SAMPLE`` least recently
-        used (ties: the least recent), so a large, rarely asked task goes before a small, popular one;
-        with equal sizes and counts this is plain LRU.  Admission first, as in TinyLFU: a newcomer
-        asked for less often per byte than the first entry it would push out is served to its callers
-        but not kept, so a burst of rare tasks does not flush the popular ones.  An entry over the whole
-        budget is not kept either.  Under Zipf(1) over 1,000 tasks of 0.2-2.8 MB in 256 MiB
-        (bench/cache_policy_sim.py, the real cache), this kept more tasks and more hits than LRU with
-        admission alone: the figures are in the README."""
+        """Make room for ``new`` (just inserted under ``key``) until the budget holds, pushing out the
+        entries that :class:`server.admission.Policy` picks; a newcomer colder than the first of them
+        is served to its callers but not kept, nor is an entry over the whole budget."""
         first = True
         while self._live_bytes > self.capacity and self._entries:
-            victim = self._victim(key)
+            victim = self._policy.victim(((t, e.task.nbytes) for t, e in self._entries.items()), keep=key)
             if victim is None:  # ``new`` is all there is
                 del self._entries[key]
                 self._unlink(new, "capacity")
                 return
-            tid, e = victim
-            if first and self._colder(key, new, tid, e):
+            tid, nbytes = victim
+            if first and self._policy.colder(key, new.task.nbytes, tid, nbytes):
                 del self._entries[key]
                 self._unlink(new, "admission")
                 return
             first = False
-            del self._entries[tid]
-            self._unlink(e, "capacity")
-
-    def _victim(self, key: str) -> tuple[str, _Entry] | None:
-        """Under the lock: the entry to push out for ``key``, or None when ``key`` is the only one."""
-        best: tuple[str, _Entry] | None = None
-        seen = 0
-        for tid, e in self._entries.items():
-            if tid == key:
-                continue
-            if best is None or self._colder(tid, e, *best):
-                best = (tid, e)
-            seen += 1
-            if seen >= EVICTION_SAMPLE:
-                break
-        return best
-
-    def _colder(self, a: str, ea: _Entry, b: str, eb: _Entry) -> bool:
-        """Whether ``a`` was asked for less often per byte lately than ``b`` (ties: not colder)."""
-        return self._popularity[a] * max(1, eb.task.nbytes) < self._popularity[b] * max(1, ea.task.nbytes)
+            self._unlink(self._entries.pop(tid), "capacity")
 
     def _update_gauges(self) -> None:
         self.metrics.cache_entries.set(len(self._entries))
