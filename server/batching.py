@@ -12,7 +12,8 @@ request's future on its event loop, one loop wake-up per batch.
 next fills and runs on another core; one worker forms a batch at a time.  A batch that would run
 beside another one waits, past the window, for half a batch of rows or for the other to finish:
 otherwise a closed loop of C clients splits into batches of C / workers rows, each costlier per row.
-The default is one worker (:func:`server.executor.executor_parallelism` says why).
+With the executor process the default is two workers feeding its one lane, whose pipe holds the
+next batch while one computes (:func:`server.executor.executor_parallelism` says why).
 
 A full queue answers :class:`Overloaded` at once (with a Retry-After estimated from the recent cost
 per row) instead of queueing without bound.  A batch that fails is retried one frame at a time, so
@@ -50,7 +51,7 @@ log = logging.getLogger(__name__)
 class RunResult:
     logits: Tensor  # CPU float [num_classes]
     queue_s: float  # from submission to the start of its executor call
-    infer_s: float  # the executor call that computed it
+    infer_s: float  # the executor call that computed it (with the executor process, its wait in the pipe too)
     batch_size: int  # rows (frame x task pairs) in that call
 
 

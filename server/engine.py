@@ -27,8 +27,10 @@ the server process.  Behind it, a child process (``spawn``; its side, and the pi
   with the batch, or sent whole when the server holds its tensors (no store);
 * the child runs ``lanes`` batches side by side, each on a pipe and a thread of its own (on the
   2-core machine two lanes of one intra-op thread each ran 1.7-1.9x one, where two intra-op threads
-  on one batch ran slower than one: see :func:`server.executor.executor_parallelism`); the pipes are
-  granted in arrival order (:class:`_Lanes`), so no batcher worker starves behind another;
+  on one batch ran slower than one: see :func:`server.executor.executor_parallelism`); each pipe
+  carries up to ``depth`` batches (:class:`_Pipe`), so the next batch is already there when one ends;
+  the pipes' slots are granted in arrival order (:class:`_Lanes`), so no batcher worker starves
+  behind another;
 * the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
   batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
   retries that batch's frames one by one, so a frame that kills the executor fails alone.
@@ -45,7 +47,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
@@ -121,6 +123,43 @@ class _Lanes:
                 self.release(lane)
 
 
+class _Pipe:
+    """One batch pipe to the child, with up to ``depth`` batches in flight on it (:class:`_Lanes` grants
+    the slots).  Each message is built and sent under one lock, so the child reads them in the order
+    they were numbered (:meth:`ProcessExecutor._sync`), and the answers come back in that order, each
+    read by its own caller.  So the next batch is already in the pipe when the child finishes one,
+    instead of the child waiting for the server to hand it over."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._send = threading.Lock()
+        self._turn = threading.Condition()
+        self._sent = 0  # messages sent
+        self._answered = 0  # answers read (or given up on after a failed send)
+
+    def call(self, make_msg: Callable[[], object]) -> object:
+        """Send ``make_msg()`` (built under the send lock) and return the child's answer to it; raises
+        what the pipe raises (a dead child), for this call and those already queued behind it."""
+        with self._send:
+            msg = make_msg()
+            ticket, self._sent = self._sent, self._sent + 1
+            failed: BaseException | None = None
+            try:
+                send(self.conn, msg)
+            except BaseException as e:  # the answer is not read: the caller restarts the child
+                failed = e
+        with self._turn:
+            self._turn.wait_for(lambda: self._answered == ticket)
+        try:
+            if failed is not None:
+                raise failed
+            return recv(self.conn)
+        finally:
+            with self._turn:
+                self._answered += 1
+                self._turn.notify_all()
+
+
 def _close_all(conns: Sequence[Connection | None]) -> None:
     for conn in conns:
         if conn is not None:
@@ -139,14 +178,17 @@ class ProcessExecutor:
 
     def __init__(self, backbone: Backbone, *, kernel: str | None = None, threads: int = 1, lanes: int = 1,
                  ceiling_bytes: int = ceiling_for(256 * 1024 * 1024), store: Store | None = None,
-                 spill_bytes: int = 0, spill_dir: str | None = None) -> None:
+                 spill_bytes: int = 0, spill_dir: str | None = None, depth: int = 1) -> None:
         """``ceiling_bytes``: a guard, not the cache's budget.  The child holds the tasks the server still
         references (weakref callbacks name the others); only a reference leak in the server would take
         it past the ceiling, where it drops its least recently used tasks (sent or loaded again when
         next used).  The server passes :func:`ceiling_for` its pack cache's budget (server.runtime).
 
         ``lanes``: batches the child runs side by side, each on a pipe and a thread of its own with
-        ``threads`` intra-op threads (see :func:`server.executor.executor_parallelism`).
+        ``threads`` intra-op threads (see :func:`server.executor.executor_parallelism`).  ``depth``:
+        batches in flight on each pipe (:class:`_Pipe`): with 2, the next batch waits in the pipe
+        while one computes, so the child goes from one batch to the next without waiting for the
+        server; feed it with ``lanes x depth`` batcher workers.
 
         ``spill_bytes``: the child's spill tier (server.spill; 0: none), in a directory made here inside
         ``spill_dir``, emptied when a child is replaced and removed by :meth:`close`."""
@@ -160,7 +202,10 @@ class ProcessExecutor:
         self._blob = backbone.to_bytes()
         if lanes < 1:
             raise ValueError(f"lanes must be at least 1, not {lanes}")
-        self._lanes = _Lanes(lanes)  # the batch pipes
+        if depth < 1:
+            raise ValueError(f"depth must be at least 1, not {depth}")
+        self.lanes, self.depth = lanes, depth
+        self._lanes = _Lanes(lanes * depth)  # slots on the batch pipes: slot k sends on pipe k % lanes
         self._excl = threading.Lock()  # one caller at a time takes every pipe (a start, a restart, close)
         self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
         self._mutex = threading.Lock()  # _held, _held_bytes, _seq: the batch and load paths change them
@@ -168,7 +213,7 @@ class ProcessExecutor:
         self._seq = 0  # the next batch's place in the order the child applies the batches' changes in
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
-        self._conns: list[Connection] | None = None
+        self._conns: list[_Pipe] | None = None
         self._load_conn: Connection | None = None
         # Task uid -> (bytes, the server's object), as the child holds them.  A task the server has let
         # go (deleted, replaced, evicted from its cache and no longer leased) is dropped from the
@@ -191,7 +236,7 @@ class ProcessExecutor:
 
     def _start(self) -> None:
         """Exclusive."""
-        pipes = [self._ctx.Pipe() for _ in range(self._lanes.count)]
+        pipes = [self._ctx.Pipe() for _ in range(self.lanes)]
         parent = pipes[0][0]
         load_parent, load_child = self._ctx.Pipe()
         if self._spill_root is not None:  # a dead child's files: its successor starts with none
@@ -217,7 +262,7 @@ class ProcessExecutor:
             proc.kill()
             _close_all([p for p, _ in pipes] + [load_parent])
             raise EngineError(f"the executor process failed to start: {reply}")
-        self._proc, self._conns, self._load_conn = proc, [p for p, _ in pipes], load_parent
+        self._proc, self._conns, self._load_conn = proc, [_Pipe(p) for p, _ in pipes], load_parent
         self._gen += 1
         with self._mutex:
             self._held.clear()
@@ -227,7 +272,7 @@ class ProcessExecutor:
 
     def _stop_child(self) -> None:
         """Exclusive."""
-        proc, conns, load_conn = self._proc, self._conns or [], self._load_conn
+        proc, conns, load_conn = self._proc, [p.conn for p in self._conns or []], self._load_conn
         self._proc, self._conns, self._load_conn = None, None, None
         for conn in conns:
             with contextlib.suppress(OSError):
@@ -365,17 +410,20 @@ class ProcessExecutor:
         If the child dies, a new one is started and the batch is tried once more on it; a second
         death raises :class:`EngineError` (the batcher then retries the frames one by one)."""
         batch = [(np.ascontiguousarray(x.detach().cpu().numpy()), [t.uid for t in tasks]) for x, tasks in frames]
+
+        def message() -> tuple:  # numbered as sent (see _Pipe)
+            seq, new, evict = self._sync(frames)
+            return ("run", seq, new, evict, batch)
+
         for attempt in (1, 2):
             self._ensure_started()
             died: BaseException | None = None
-            with self._lanes.one() as lane:
-                conns, gen = self._conns, self._gen  # neither changes while a pipe is held
+            with self._lanes.one() as slot:
+                conns, gen = self._conns, self._gen  # neither changes while a slot is held
                 if conns is None:  # closed meanwhile
                     raise EngineError("the executor process is stopped", retry_after=1)
-                seq, new, evict = self._sync(frames)
                 try:
-                    send(conns[lane], ("run", seq, new, evict, batch))
-                    reply = recv(conns[lane])
+                    reply = conns[slot % len(conns)].call(message)
                 except Exception as e:  # a dead child, or a pipe out of step with it: a new child either way
                     died = e
             if died is not None:

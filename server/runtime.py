@@ -86,6 +86,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
         # The executor process also makes the cold loads, from its own connection to the store: pack
         # bytes and tensors never enter the server process, which keeps only each task's description.
         executor = ProcessExecutor(backbone, kernel=settings.executor_kernel, threads=threads, lanes=workers,
+                                   depth=settings.executor_pipeline,
                                    ceiling_bytes=ceiling_for(settings.cache_bytes), store=store,
                                    spill_bytes=settings.spill_bytes, spill_dir=settings.spill_dir)
         prepare: Prepare | None = executor.load
@@ -96,7 +97,8 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     cache = PackCache(store, backbone, settings.cache_bytes, metrics, failure_ttl=settings.failure_ttl_s,
                       prepare=prepare, load_threads=settings.load_threads)
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
-                      max_queue=settings.max_queue, metrics=metrics, workers=workers)
+                      max_queue=settings.max_queue, metrics=metrics,
+                      workers=workers * executor.depth if isinstance(executor, ProcessExecutor) else workers)
     aliases = AliasTable(store)
     tasks = TaskManager(store, backbone, cache, aliases)
 

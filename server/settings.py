@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     executor_workers: int = Field(0, ge=0, description="executor batches run side by side (with the executor "
                                   "process, each on a lane of its own there); 0: one "
                                   "(see server.executor.executor_parallelism)")
+    executor_pipeline: int = Field(2, ge=1, le=8, description="batches in flight on each lane of the executor "
+                                   "process: with 2, the next batch waits there while one computes, so that "
+                                   "process never waits for the server to hand it over (server.engine); 1: one "
+                                   "at a time")
 
     def check_security(self) -> None:
         """Refuse a management API without a token unless explicitly opened on loopback."""

@@ -13,7 +13,8 @@ import torch
 
 from blockstore import RedisStore, StoreUnavailable
 from server.cache import PackCache
-from server.engine import EngineError, ProcessExecutor, _Lanes, ceiling_for
+from server.engine import EngineError, ProcessExecutor, _Lanes, _Pipe, ceiling_for
+from server.engine_child import recv, send
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure
@@ -87,11 +88,12 @@ def test_a_dead_process_is_replaced_and_the_batch_retried(engine, tasks) -> None
     assert all(torch.allclose(g, w) for gr, wr in zip(got, want) for g, w in zip(gr, wr))
 
 
-def test_lanes_side_by_side_answer_as_the_executor(backbone, tasks) -> None:  # type: ignore[no-untyped-def]
-    """Batches on two lanes at once, with a ceiling of one task (tasks sent and dropped with every
-    batch, their changes numbered in the server's order), and a child killed in the middle: every
-    answer is the in-process executor's."""
-    ex = ProcessExecutor(backbone, ceiling_bytes=1, lanes=2)
+@pytest.mark.parametrize(("lanes", "depth"), [(2, 1), (1, 2)], ids=["two-lanes", "two-in-one-pipe"])
+def test_lanes_side_by_side_answer_as_the_executor(backbone, tasks, lanes: int, depth: int) -> None:  # type: ignore[no-untyped-def]
+    """Batches on two lanes at once, or two at once on one pipe, with a ceiling of one task (tasks sent
+    and dropped with every batch, their changes numbered in the server's order), and a child killed in
+    the middle: every answer is the in-process executor's."""
+    ex = ProcessExecutor(backbone, ceiling_bytes=1, lanes=lanes, depth=depth)
     ref = Executor(backbone)
     singles = [[(torch.randn(3, 32, 32), [t])] for t in tasks]
     plans = [_frames(tasks), *singles, [singles[0][0], singles[2][0]]]
@@ -238,6 +240,58 @@ def test_the_pipes_are_granted_in_arrival_order() -> None:
     assert order == [(0, second), (1, second), (2, second), (3, second)]
     lanes.release(first)
     assert sorted(lanes._free) == [0, 1] and not lanes._waiters
+
+
+def test_a_pipe_hands_each_answer_to_its_own_caller() -> None:
+    """Up to ``depth`` calls in flight on one pipe: the far end answers in the order it read, and each
+    caller gets the answer to its own message; when the far end goes, every queued caller raises."""
+    import multiprocessing as mp
+    import time
+
+    near, far = mp.Pipe()
+    pipe = _Pipe(near)
+
+    def echo() -> None:  # a child that answers slowly, so that calls queue up behind each other
+        while True:
+            msg = recv(far)
+            if msg == "die":  # gone without answering
+                far.close()
+                return
+            time.sleep(0.01)
+            send(far, ("answer", msg))
+
+    threading.Thread(target=echo, daemon=True).start()
+    got: dict[int, object] = {}
+    callers = [threading.Thread(target=lambda k=k: got.__setitem__(k, pipe.call(lambda: ("msg", k))))
+               for k in range(8)]
+    for c in callers:
+        c.start()
+    for c in callers:
+        c.join(10)
+    assert got == {k: ("answer", ("msg", k)) for k in range(8)}
+
+    # The child dies on one message with another queued behind it: both callers fail, neither hangs.
+    errors: list[BaseException] = []
+
+    def doomed(msg: object) -> None:
+        try:
+            pipe.call(lambda: msg)
+        except (EOFError, OSError) as e:
+            errors.append(e)
+
+    late = [threading.Thread(target=doomed, args=("die",)), threading.Thread(target=doomed, args=(("msg", 9),))]
+    late[0].start()
+    while pipe._sent < 9:
+        time.sleep(0.001)
+    late[1].start()
+    for c in late:
+        c.join(10)
+    assert len(errors) == 2 and not any(c.is_alive() for c in late)
+
+
+def test_a_depth_below_one_is_refused(backbone) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="depth must be at least 1"):
+        ProcessExecutor(backbone, depth=0)
 
 
 def test_a_gpu_backbone_is_refused(backbone) -> None:  # type: ignore[no-untyped-def]
