@@ -28,9 +28,9 @@ the server process.  Behind it, a child process (``spawn``; its side, and the pi
 * the child runs ``lanes`` batches side by side, each on a pipe and a thread of its own (on the
   2-core machine two lanes of one intra-op thread each ran 1.7-1.9x one, where two intra-op threads
   on one batch ran slower than one: see :func:`server.executor.executor_parallelism`); each pipe
-  carries up to ``depth`` batches (:class:`_Pipe`), so the next batch is already there when one ends;
-  the pipes' slots are granted in arrival order (:class:`_Lanes`), so no batcher worker starves
-  behind another;
+  carries up to ``depth`` batches (:class:`server.pipes.Pipe`), so the next batch is already there
+  when one ends; the pipes' slots are granted in arrival order (:class:`server.pipes.Lanes`), so no
+  batcher worker starves behind another;
 * the child dying (OOM, a crash) is noticed on the batch in hand: a new child is started and the
   batch is tried once more; a second death answers :class:`EngineError` (503), and the batcher
   retries that batch's frames one by one, so a frame that kills the executor fails alone.
@@ -47,8 +47,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
-from multiprocessing.connection import Connection
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +59,7 @@ from .engine_child import Spec, recv, send, serve
 from .errors import Overloaded
 from .executor import PreparedTask
 from .loading import LoadFailure
+from .pipes import Lanes, Pipe, close_all
 from .prepared import new_uid
 from .spill import open_private_dir
 
@@ -73,97 +73,6 @@ Frames = Sequence[tuple[Tensor, Sequence[PreparedTask]]]
 
 class EngineError(Overloaded):
     """The executor process failed a batch, or died running it twice (503, retry later)."""
-
-
-class _Lanes:
-    """The child's batch pipes, granted in arrival order: a releasing holder hands its pipe to the
-    longest waiter, so no batcher worker starves behind another that takes pipes back to back."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self._mutex = threading.Lock()
-        self._free: deque[int] = deque(range(count))
-        self._waiters: deque[tuple[threading.Lock, list[int]]] = deque()
-
-    def acquire(self) -> int:
-        with self._mutex:
-            if self._free:
-                return self._free.popleft()
-            turn, slot = threading.Lock(), list[int]()
-            turn.acquire()
-            self._waiters.append((turn, slot))
-        turn.acquire()  # released by a holder handing its pipe over
-        return slot[0]
-
-    def release(self, lane: int) -> None:
-        with self._mutex:
-            if self._waiters:
-                turn, slot = self._waiters.popleft()
-                slot.append(lane)
-                turn.release()
-            else:
-                self._free.append(lane)
-
-    @contextlib.contextmanager
-    def one(self) -> Iterator[int]:
-        lane = self.acquire()
-        try:
-            yield lane
-        finally:
-            self.release(lane)
-
-    @contextlib.contextmanager
-    def every(self) -> Iterator[None]:
-        """All the pipes: no batch in flight (one caller at a time: see ProcessExecutor._exclusive)."""
-        taken = [self.acquire() for _ in range(self.count)]
-        try:
-            yield
-        finally:
-            for lane in taken:
-                self.release(lane)
-
-
-class _Pipe:
-    """One batch pipe to the child, with up to ``depth`` batches in flight on it (:class:`_Lanes` grants
-    the slots).  Each message is built and sent under one lock, so the child reads them in the order
-    they were numbered (:meth:`ProcessExecutor._sync`), and the answers come back in that order, each
-    read by its own caller.  So the next batch is already in the pipe when the child finishes one,
-    instead of the child waiting for the server to hand it over."""
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-        self._send = threading.Lock()
-        self._turn = threading.Condition()
-        self._sent = 0  # messages sent
-        self._answered = 0  # answers read (or given up on after a failed send)
-
-    def call(self, make_msg: Callable[[], object]) -> object:
-        """Send ``make_msg()`` (built under the send lock) and return the child's answer to it; raises
-        what the pipe raises (a dead child), for this call and those already queued behind it."""
-        with self._send:
-            msg = make_msg()
-            ticket, self._sent = self._sent, self._sent + 1
-            failed: BaseException | None = None
-            try:
-                send(self.conn, msg)
-            except BaseException as e:  # the answer is not read: the caller restarts the child
-                failed = e
-        with self._turn:
-            self._turn.wait_for(lambda: self._answered == ticket)
-        try:
-            if failed is not None:
-                raise failed
-            return recv(self.conn)
-        finally:
-            with self._turn:
-                self._answered += 1
-                self._turn.notify_all()
-
-
-def _close_all(conns: Sequence[Connection | None]) -> None:
-    for conn in conns:
-        if conn is not None:
-            conn.close()
 
 
 def ceiling_for(cache_bytes: int) -> int:
@@ -186,9 +95,9 @@ class ProcessExecutor:
 
         ``lanes``: batches the child runs side by side, each on a pipe and a thread of its own with
         ``threads`` intra-op threads (see :func:`server.executor.executor_parallelism`).  ``depth``:
-        batches in flight on each pipe (:class:`_Pipe`): with 2, the next batch waits in the pipe
+        batches in flight on each pipe (:class:`server.pipes.Pipe`): with 2, the next batch waits in the pipe
         while one computes, so the child goes from one batch to the next without waiting for the
-        server; feed it with ``lanes x depth`` batcher workers.
+        server; feed it with :attr:`slots` batcher workers.
 
         ``spill_bytes``: the child's spill tier (server.spill; 0: none), in a directory made here inside
         ``spill_dir``, emptied when a child is replaced and removed by :meth:`close`."""
@@ -204,8 +113,8 @@ class ProcessExecutor:
             raise ValueError(f"lanes must be at least 1, not {lanes}")
         if depth < 1:
             raise ValueError(f"depth must be at least 1, not {depth}")
-        self.lanes, self.depth = lanes, depth
-        self._lanes = _Lanes(lanes * depth)  # slots on the batch pipes: slot k sends on pipe k % lanes
+        self.lanes = lanes
+        self._lanes = Lanes(lanes * depth)  # slots on the batch pipes: slot k sends on pipe k % lanes
         self._excl = threading.Lock()  # one caller at a time takes every pipe (a start, a restart, close)
         self._load_lock = threading.Lock()  # the load pipe: cold loads run beside batches (see load)
         self._mutex = threading.Lock()  # _held, _held_bytes, _seq: the batch and load paths change them
@@ -213,8 +122,8 @@ class ProcessExecutor:
         self._seq = 0  # the next batch's place in the order the child applies the batches' changes in
         self._ctx = mp.get_context("spawn")
         self._proc: mp.process.BaseProcess | None = None
-        self._conns: list[_Pipe] | None = None
-        self._load_conn: Connection | None = None
+        self._conns: list[Pipe] | None = None
+        self._load_conn: Pipe | None = None
         # Task uid -> (bytes, the server's object), as the child holds them.  A task the server has let
         # go (deleted, replaced, evicted from its cache and no longer leased) is dropped from the
         # child with the next batch, so the child never holds more than the server does.
@@ -256,13 +165,13 @@ class ProcessExecutor:
             reply = recv(parent)
         except (EOFError, OSError) as e:
             proc.kill()
-            _close_all([p for p, _ in pipes] + [load_parent])
+            close_all([p for p, _ in pipes] + [load_parent])
             raise EngineError(f"the executor process died while starting (exit code {proc.exitcode}): {e}") from None
         if reply != "ready":
             proc.kill()
-            _close_all([p for p, _ in pipes] + [load_parent])
+            close_all([p for p, _ in pipes] + [load_parent])
             raise EngineError(f"the executor process failed to start: {reply}")
-        self._proc, self._conns, self._load_conn = proc, [_Pipe(p) for p, _ in pipes], load_parent
+        self._proc, self._conns, self._load_conn = proc, [Pipe(p) for p, _ in pipes], Pipe(load_parent)
         self._gen += 1
         with self._mutex:
             self._held.clear()
@@ -272,12 +181,13 @@ class ProcessExecutor:
 
     def _stop_child(self) -> None:
         """Exclusive."""
-        proc, conns, load_conn = self._proc, [p.conn for p in self._conns or []], self._load_conn
+        proc, conns = self._proc, [p.conn for p in self._conns or []]
+        load_conn = self._load_conn.conn if self._load_conn is not None else None
         self._proc, self._conns, self._load_conn = None, None, None
         for conn in conns:
             with contextlib.suppress(OSError):
                 send(conn, ("stop",))
-        _close_all([*conns, load_conn])
+        close_all([*conns, load_conn])
         if proc is not None:
             proc.join(5)
             if proc.is_alive():
@@ -289,6 +199,11 @@ class ProcessExecutor:
             self._stop_child()
             if self._spill_root is not None:
                 self._spill_root.close()
+
+    @property
+    def slots(self) -> int:
+        """Batches in flight at most (``lanes x depth``): the batcher workers that keep them busy."""
+        return self._lanes.count
 
     @property
     def pid(self) -> int | None:
@@ -360,12 +275,11 @@ class ProcessExecutor:
         self._ensure_started()
         died: BaseException | None = None
         with self._load_lock:
-            gen, conn = self._gen, self._load_conn
-            if conn is None:  # closed meanwhile
+            gen, pipe = self._gen, self._load_conn
+            if pipe is None:  # closed meanwhile
                 raise EngineError("the executor process is stopped", retry_after=1)
             try:
-                send(conn, ("load", uid, task_id, version, sha256))
-                reply = recv(conn)
+                reply = pipe.call(lambda: ("load", uid, task_id, version, sha256))
             except (EOFError, OSError) as e:
                 died = e
         if died is not None:
@@ -411,7 +325,7 @@ class ProcessExecutor:
         death raises :class:`EngineError` (the batcher then retries the frames one by one)."""
         batch = [(np.ascontiguousarray(x.detach().cpu().numpy()), [t.uid for t in tasks]) for x, tasks in frames]
 
-        def message() -> tuple:  # numbered as sent (see _Pipe)
+        def message() -> tuple:  # numbered as sent (see server.pipes.Pipe)
             seq, new, evict = self._sync(frames)
             return ("run", seq, new, evict, batch)
 

@@ -164,7 +164,7 @@ def executor_parallelism(workers: int = 0, threads: int = 0) -> tuple[int, int]:
     two workers also served the same rate as one: every thread waits on the one GIL.
 
     What did pay is two batches in flight on the one lane (``NETTAILOR_EXECUTOR_PIPELINE``, default 2,
-    server.engine._Pipe): the runtime gives the batcher ``workers x pipeline`` threads, the next batch
+    server.pipes.Pipe): the runtime gives the batcher ``workers x pipeline`` threads, the next batch
     waits in the pipe while one computes, and batches stay full.  Side by side, four interleaved
     rounds of ``--quick --tasks 20,1000``: N = 20 1.07-1.31x, N = 1,000 0.95-1.08x, 1.58-1.73 cores
     against 1.35-1.48."""

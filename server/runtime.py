@@ -98,7 +98,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
                       prepare=prepare, load_threads=settings.load_threads)
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics,
-                      workers=workers * executor.depth if isinstance(executor, ProcessExecutor) else workers)
+                      workers=executor.slots if isinstance(executor, ProcessExecutor) else workers)
     aliases = AliasTable(store)
     tasks = TaskManager(store, backbone, cache, aliases)
 

@@ -13,12 +13,13 @@ import torch
 
 from blockstore import RedisStore, StoreUnavailable
 from server.cache import PackCache
-from server.engine import EngineError, ProcessExecutor, _Lanes, _Pipe, ceiling_for
+from server.engine import EngineError, ProcessExecutor, ceiling_for
 from server.engine_child import recv, send
 from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure
 from server.metrics import Metrics
+from server.pipes import Lanes, Pipe
 from tests.conftest import flip_stored_byte
 
 
@@ -223,7 +224,7 @@ def test_the_pipes_are_granted_in_arrival_order() -> None:
     """Every waiter gets a pipe, in the order they came, from the holder that releases one."""
     import time
 
-    lanes, order = _Lanes(2), []
+    lanes, order = Lanes(2), []
     first, second = lanes.acquire(), lanes.acquire()
     threads = []
     for i in range(4):
@@ -249,7 +250,7 @@ def test_a_pipe_hands_each_answer_to_its_own_caller() -> None:
     import time
 
     near, far = mp.Pipe()
-    pipe = _Pipe(near)
+    pipe = Pipe(near)
 
     def echo() -> None:  # a child that answers slowly, so that calls queue up behind each other
         while True:
