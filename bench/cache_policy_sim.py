@@ -49,10 +49,14 @@ class _Record:
 
 
 class _Records:
-    """Only what PackCache reads from a store on a miss: the task's current version and digest."""
+    """Only what PackCache reads from a store on a miss: the task's current version and digest, and
+    the digests marked corrupt (none)."""
 
     def get_record(self, task_id: str) -> _Record:
         return _Record(task_id)
+
+    def corrupt_digests(self) -> dict[str, str]:
+        return {}
 
 
 def _template() -> PreparedTask:
@@ -66,7 +70,7 @@ def _template() -> PreparedTask:
 def simulate(sizes: list[int], ranks: list[int], args: argparse.Namespace, sample: int,
              template: PreparedTask) -> dict:
 
-    def prepare(task_id: str, version: int, sha256: str) -> PreparedTask:
+    def prepare(task_id: str, version: int, sha256: str, trusted: bool) -> PreparedTask:
         return replace(template, task_id=task_id, nbytes=sizes[int(task_id)], uid=new_uid())
 
     cache = PackCache(_Records(), None, args.capacity_mb * 2**20, Metrics(), prepare=prepare,  # type: ignore[arg-type]

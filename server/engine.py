@@ -261,9 +261,9 @@ class ProcessExecutor:
                     evict.append(uid)
         return new, evict
 
-    def load(self, task_id: str, version: int, sha256: str) -> PreparedTask:
-        """A cold load in the child (:func:`server.loading.load_stored`): the child keeps the tensors, the
-        server gets the task's description.  Raises :class:`server.loading.LoadFailure`, or
+    def load(self, task_id: str, version: int, sha256: str, trusted: bool = False) -> PreparedTask:
+        """A cold load in the child (:func:`server.loading.load_stored`, ``trusted`` as there): the child
+        keeps the tensors, the server gets the task's description.  Raises :class:`server.loading.LoadFailure`, or
         :class:`EngineError` when the child dies loading (it is restarted; the load is not retried).
 
         Loads have a pipe and a thread of their own in the child, so a load never waits for the batch
@@ -279,7 +279,7 @@ class ProcessExecutor:
             if pipe is None:  # closed meanwhile
                 raise EngineError("the executor process is stopped", retry_after=1)
             try:
-                reply = pipe.call(lambda: ("load", uid, task_id, version, sha256))
+                reply = pipe.call(lambda: ("load", (uid, task_id, version, sha256), trusted))
             except (EOFError, OSError) as e:
                 died = e
         if died is not None:

@@ -99,10 +99,10 @@ def serve(conns: list[Connection], load_conn: Connection, kernel: str | None, th
         return
     tasks: dict[int, PreparedTask] = {}  # uid -> task; every thread changes it (single dict operations)
 
-    def load(spec: Spec) -> PreparedTask:
+    def load(spec: Spec, trusted: bool = False) -> PreparedTask:
         assert store is not None
         uid, task_id, version, sha256 = spec
-        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, uid=uid, spill=spill)
+        task = tasks[uid] = load_stored(store, backbone, task_id, version, sha256, trusted, uid=uid, spill=spill)
         return task
 
     threading.Thread(target=_load_loop, args=(load_conn, load), name="nettailor-engine-load", daemon=True).start()
@@ -120,14 +120,15 @@ def serve(conns: list[Connection], load_conn: Connection, kernel: str | None, th
             spill.close()
 
 
-def _load_loop(conn: Connection, load: Callable[[Spec], PreparedTask]) -> None:  # pragma: no cover
-    """The child's load thread: one cold load at a time, answered with the task's description."""
+def _load_loop(conn: Connection, load: Callable[[Spec, bool], PreparedTask]) -> None:  # pragma: no cover
+    """The child's load thread: one cold load at a time (a spec, and whether the server vouches for its
+    digest: server.loading.load_stored), answered with the task's description."""
     try:
         while True:
             msg = recv(conn)
             assert isinstance(msg, tuple) and msg[0] == "load"
             try:
-                reply: tuple = ("ok", load(msg[1:]).description())
+                reply: tuple = ("ok", load(msg[1], msg[2]).description())
             except LoadFailure as e:  # this task's stored bytes: remembered by the server's cache
                 reply = ("fail", e.args)
             except NetTailorError as e:  # the store is unreachable, or answers nonsense: the server raises it

@@ -25,7 +25,7 @@ from .images import decode_image
 from .logs import note_result
 from .metrics import Metrics
 from .schemas import BatchPrediction, Label, MultiPrediction, Prediction, Timings
-from .versions import CURRENT, AliasTable, Pin, acquire
+from .versions import CURRENT, Pin, acquire
 
 __all__ = ["Inference", "Inferred", "parse_task_list"]
 
@@ -101,10 +101,9 @@ def _rows(x: Tensor, pre: Preprocess) -> list[Tensor]:
 
 class Inference:
     def __init__(self, cache: PackCache, batcher: Batcher, metrics: Metrics, *, max_pixels: int,
-                 max_tasks: int, aliases: AliasTable | None = None) -> None:
+                 max_tasks: int) -> None:
         self.cache, self.batcher, self.metrics = cache, batcher, metrics
         self.max_pixels, self.max_tasks = max_pixels, max_tasks
-        self.aliases = aliases or AliasTable(cache.store)
 
     async def _decode(self, blobs: Sequence[bytes]) -> list[Image.Image]:
         if sum(len(b) for b in blobs) <= _INLINE_DECODE_BYTES:
@@ -123,7 +122,7 @@ class Inference:
         """Version resolution: the current version, or the one ``pin`` names (server.versions)."""
         if pin.is_current:
             return await self.cache.acquire(task_id)
-        return await acquire(self.cache, self.aliases, task_id, pin)
+        return await acquire(self.cache, task_id, pin)
 
     async def _leases(self, task_ids: Sequence[str], pin: Pin = CURRENT) -> list[Lease]:
         leases: list[Lease] = []

@@ -19,7 +19,8 @@ from .spill import SpillTier
 
 __all__ = ["LoadFailure", "Prepare", "load_stored"]
 
-Prepare = Callable[[str, int, str], PreparedTask]  # (task id, version, sha256) -> the task, or LoadFailure
+# (task id, version, sha256, trusted) -> the task, or LoadFailure; trusted: see load_stored
+Prepare = Callable[[str, int, str, bool], PreparedTask]
 
 
 class LoadFailure(Exception):
@@ -67,19 +68,21 @@ def _refused(task_id: str, e: DigestMismatch | PackNotFound) -> LoadFailure:
     return LoadFailure(e.detail, e.code, gone=True)
 
 
-def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, *,
+def load_stored(store: Store, backbone: Backbone, task_id: str, version: int, sha256: str, trusted: bool = False, *,
                 uid: int | None = None, spill: SpillTier | None = None) -> PreparedTask:
     """The one definition of a cold load: fetch the bytes stored under ``sha256`` (verified by the
     store), parse, validate against ``backbone`` (once per digest and process) and fold.  Runs in the
     server process, or on the CPU in the executor process (server.engine).  Raises :class:`LoadFailure`.
 
     With a ``spill`` tier (server.spill), a task folded before is mapped from its file instead, once
-    the store confirms that the digest is still stored and unmarked; a task folded here is written there
-    (by the tier's writer thread, after this returns)."""
+    the store confirms that the digest is still stored and unmarked, or without asking when the caller
+    vouches for that (``trusted``: the store's events, as a :class:`server.records.RecordTable` keeps
+    them, say so); a task folded here is written there (by the tier's writer thread, after this returns)."""
     key = (backbone.backbone_id, sha256)
     if spill is not None and key in spill:
         try:
-            store.check_pack(sha256)
+            if not trusted:
+                store.check_pack(sha256)
         except (DigestMismatch, PackNotFound) as e:
             raise _refused(task_id, e) from None
         dev = next(backbone.parameters()).device

@@ -42,7 +42,6 @@ from .metrics import Metrics
 from .settings import Settings
 from .spill import SpillTier, open_spill
 from .tasks import TaskManager
-from .versions import AliasTable
 
 __all__ = ["Runtime", "keep_trying", "start"]
 
@@ -99,12 +98,10 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
     batcher = Batcher(executor, max_batch=settings.max_batch, window_s=settings.batch_window_ms / 1000.0,
                       max_queue=settings.max_queue, metrics=metrics,
                       workers=executor.slots if isinstance(executor, ProcessExecutor) else workers)
-    aliases = AliasTable(store)
-    tasks = TaskManager(store, backbone, cache, aliases)
+    tasks = TaskManager(store, backbone, cache)
 
     def on_event(ev: StoreEvent) -> None:
-        cache.on_event(ev)
-        aliases.on_event(ev)
+        cache.on_event(ev)  # and its record table, first
         if ev.kind == "delete":  # what this replica remembers of the task goes with it
             tasks.forget(ev.task_id)
             metrics.forget_task(ev.task_id)
@@ -120,7 +117,7 @@ def _build(store: Store, settings: Settings, metrics: Metrics) -> Runtime:
             spill.close()
         raise
     inference = Inference(cache, batcher, metrics, max_pixels=settings.max_pixels,
-                          max_tasks=settings.max_tasks_per_request, aliases=aliases)
+                          max_tasks=settings.max_tasks_per_request)
     return Runtime(backbone, cache, batcher, inference, tasks, subscription, spill)
 
 

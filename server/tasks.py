@@ -39,7 +39,7 @@ from blockstore import (
 from .cache import PackCache
 from .errors import TaskUnavailable
 from .schemas import AliasChangeInfo, Aliases, Registered, TaskDetail, TaskList, TaskSummary, VersionInfo
-from .versions import AliasTable, Pin
+from .versions import Pin
 
 __all__ = ["TaskManager", "VersionFacts"]
 
@@ -82,9 +82,8 @@ def _accuracy(metrics: dict[str, Any]) -> float | None:
 
 
 class TaskManager:
-    def __init__(self, store: Store, backbone: Backbone, cache: PackCache, aliases: AliasTable | None = None) -> None:
+    def __init__(self, store: Store, backbone: Backbone, cache: PackCache) -> None:
         self.store, self.backbone, self.cache = store, backbone, cache
-        self.aliases = aliases
         self._bn = bn_buffers_per_block(backbone)
         self._facts: OrderedDict[str, _PackFacts] = OrderedDict()
         self._lock = threading.Lock()
@@ -223,7 +222,6 @@ class TaskManager:
         self.cache.invalidate(task_id)
         self.cache.invalidate_pinned(task_id)
         self.forget(task_id)
-        self._forget_aliases(task_id)
 
     def _rollback(self, task_id: str, version: int) -> Registered:
         validate_task_id(task_id)
@@ -246,19 +244,15 @@ class TaskManager:
 
     # -- aliases --------------------------------------------------------------------------
 
-    def _forget_aliases(self, task_id: str) -> None:
-        if self.aliases is not None:  # this replica at once; the others on the store event
-            self.aliases.forget(task_id)
-
     def _set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
         rec, changed = self.store.set_alias(task_id, alias, version)
         if changed:
-            self._forget_aliases(task_id)
+            self.cache.records.forget(task_id)  # this replica at once; the others on the store event
         return Aliases(task_id=task_id, aliases=dict(rec.aliases), changed=changed)
 
     def _delete_alias(self, task_id: str, alias: str) -> None:
         self.store.delete_alias(task_id, alias)
-        self._forget_aliases(task_id)
+        self.cache.records.forget(task_id)
 
     async def set_alias(self, task_id: str, alias: str, version: int) -> Aliases:
         return await anyio.to_thread.run_sync(self._set_alias, task_id, alias, version)

@@ -3,23 +3,20 @@
 A request names at most one of ``version`` and ``alias`` (a :class:`Pin`).  A stored version never
 changes while its task exists, so a pinned version is cached under its own key (``task@3``) beside
 the current entry and the two never evict or confuse each other.  An alias is resolved through this
-replica's :class:`AliasTable`: read from the task record on first use, dropped on every store event of
-the task, so every replica follows an alias move as soon as the event reaches it.
+replica's :class:`server.records.RecordTable`: the task's record as read on first use, dropped on every
+store event of the task, so every replica follows an alias move as soon as the event reaches it.
 """
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 
-import anyio.to_thread
-
-from blockstore import AliasNotFound, Store, StoreEvent, validate_alias
+from blockstore import validate_alias
 
 from .cache import Lease, PackCache, pinned_key
 from .errors import RequestError
 
-__all__ = ["CURRENT", "AliasTable", "ConflictingPin", "Pin", "acquire"]
+__all__ = ["CURRENT", "ConflictingPin", "Pin", "acquire"]
 
 
 class ConflictingPin(RequestError):
@@ -56,66 +53,11 @@ class Pin:
 CURRENT = Pin()
 
 
-class AliasTable:
-    """Per task, the aliases of its record, as last read from the store on this replica."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._lock = threading.Lock()
-        self._tables: dict[str, dict[str, int]] = {}
-        # Reads in flight per task, and the tasks an event hit during one: those reads must not be
-        # cached.  Both hold only tasks being read right now, so nothing grows with the ids ever seen.
-        self._readers: dict[str, int] = {}
-        self._raced: set[str] = set()
-        self._epoch = 0  # bumped by a resync: every table read before it is stale
-
-    async def resolve(self, task_id: str, alias: str) -> int:
-        """The version ``alias`` points at; AliasNotFound (404) lists the task's aliases."""
-        with self._lock:
-            table = self._tables.get(task_id)
-            if table is None:
-                epoch = self._epoch
-                self._readers[task_id] = self._readers.get(task_id, 0) + 1
-        if table is None:
-            try:
-                rec = await anyio.to_thread.run_sync(self.store.get_record, task_id)
-                table = dict(rec.aliases)
-            finally:
-                with self._lock:
-                    fresh = task_id not in self._raced and epoch == self._epoch  # no event raced the read
-                    left = self._readers.pop(task_id) - 1
-                    if left:
-                        self._readers[task_id] = left
-                    else:
-                        self._raced.discard(task_id)
-                    if fresh and table is not None:
-                        self._tables[task_id] = table
-        try:
-            return table[alias]
-        except KeyError:
-            raise AliasNotFound(f"task {task_id!r} has no alias {alias!r} (has {sorted(table)})") from None
-
-    def forget(self, task_id: str) -> None:
-        with self._lock:
-            self._tables.pop(task_id, None)
-            if task_id in self._readers:
-                self._raced.add(task_id)
-
-    def on_event(self, ev: StoreEvent) -> None:
-        """Store subscription callback: any change to a task may have moved or removed its aliases."""
-        if ev.kind == "resync":
-            with self._lock:
-                self._epoch += 1
-                self._tables.clear()
-        else:
-            self.forget(ev.task_id)
-
-
-async def acquire(cache: PackCache, aliases: AliasTable, task_id: str, pin: Pin) -> Lease:
+async def acquire(cache: PackCache, task_id: str, pin: Pin) -> Lease:
     """A lease on the version ``pin`` names; the current entry serves it when it is that version."""
     version = pin.version
     if pin.alias is not None:
-        version = await aliases.resolve(task_id, pin.alias)
+        version = await cache.records.resolve(task_id, pin.alias)
     if version is None:
         return await cache.acquire(task_id)
     cur = cache.cached_version(task_id)

@@ -53,9 +53,9 @@ def test_single_flight_across_threads(store, backbone, make_pack) -> None:
     cache = _cache(store, backbone)
     real = cache._prepare
 
-    def loader(tid: str, version: int, sha256: str) -> PreparedTask:
+    def loader(tid: str, version: int, sha256: str, trusted: bool) -> PreparedTask:
         gate.wait(5)
-        return real(tid, version, sha256)
+        return real(tid, version, sha256, trusted)
 
     cache._prepare = loader
     leases: list = []
@@ -150,8 +150,8 @@ def test_an_invalidation_during_a_load_is_not_lost(store, backbone, make_pack) -
     started, go = threading.Event(), threading.Event()
     real = cache._prepare
 
-    def loader(tid: str, version: int, sha256: str) -> PreparedTask:
-        task = real(tid, version, sha256)  # reads version 1
+    def loader(tid: str, version: int, sha256: str, trusted: bool) -> PreparedTask:
+        task = real(tid, version, sha256, trusted)  # reads version 1
         started.set()
         go.wait(5)
         return task

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockstore import PackNotFound
+from blockstore import PackNotFound, StoreEvent
 from server.cache import PackCache
 from server.engine import ProcessExecutor
+from server.errors import TaskUnavailable
 from server.executor import Executor, PreparedTask
 from server.loading import LoadFailure, load_stored
 from server.metrics import Metrics
@@ -196,6 +197,45 @@ def test_the_cache_counts_loads_by_source(store, backbone, make_pack, spill) -> 
     text = metrics.render().decode()
     assert 'nettailor_pack_load_seconds_count{source="store"} 2.0' in text
     assert 'nettailor_pack_load_seconds_count{source="spill"} 2.0' in text
+
+
+def test_a_miss_asks_the_store_only_what_its_events_have_not_said(any_store, backbone, make_pack, spill,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch) -> None:
+    """A task that comes back from the spill tier costs no store round trip: the cache's record table
+    answers its record, and the table's corrupt marks vouch for its digest.  An update's event makes the
+    next miss read the record again; once a corrupt event arrives, the store is asked and refuses."""
+    recs = [any_store.register(f"t{i}", make_pack(f"t{i}", seed=i).to_bytes())[0] for i in range(2)]
+    calls: dict[str, int] = {"get_record": 0, "check_pack": 0}
+    for name in calls:
+        real = getattr(type(any_store), name)
+
+        def counted(self, *a, _real=real, _name=name):  # type: ignore[no-untyped-def]
+            calls[_name] += 1
+            return _real(self, *a)
+
+        monkeypatch.setattr(type(any_store), name, counted)
+    one = PreparedTask.from_pack(make_pack("t0"), backbone, version=1).nbytes
+    cache = PackCache(any_store, backbone, one + one // 2, Metrics(),  # room for one task
+                      prepare=functools.partial(load_stored, any_store, backbone, spill=spill))
+    try:
+        for tid in ("t0", "t1", "t0", "t1"):
+            with cache.lease(tid) as lease:
+                assert lease.task.task_id == tid
+        assert spill.hits == 2 and calls == {"get_record": 2, "check_pack": 0}
+        new, _ = any_store.register("t0", make_pack("t0", seed=5, version="2").to_bytes())
+        cache.on_event(StoreEvent("update", "t0", new.version, new.sha256))
+        with cache.lease("t0") as lease:
+            assert lease.task.version == new.version and lease.task.sha256 == new.sha256
+        assert calls["get_record"] == 3
+        flip_stored_byte(any_store, recs[1].sha256, 10)
+        with pytest.raises(LoadFailure, match="hash to"):  # another replica's read marks the digest
+            load_stored(any_store, backbone, "t1", recs[1].version, recs[1].sha256)
+        cache.on_event(StoreEvent("corrupt", "t1", None, recs[1].sha256))
+        with pytest.raises(TaskUnavailable, match="marked corrupt"):  # the spilled copy is not used
+            cache.lease("t1")
+        assert calls["check_pack"] == 1 and spill.hits == 2
+    finally:
+        cache.close()
 
 
 def test_a_directory_left_by_a_dead_owner_is_swept_by_the_next(tmp_path, caplog) -> None:  # type: ignore[no-untyped-def]

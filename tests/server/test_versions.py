@@ -105,18 +105,18 @@ def _pinned_entries_follow(client, store, make_pack) -> None:  # type: ignore[no
     assert r.status_code == 404 and "[1]" in r.json()["detail"]
 
 
-def test_the_alias_table_keeps_nothing_for_deleted_tasks_and_drops_a_raced_read(store, make_pack) -> None:
+def test_the_record_table_keeps_nothing_for_deleted_tasks_and_drops_a_raced_read(store, make_pack) -> None:
     """An event during a read keeps the read out of the table; with no read in flight, an event for a
     task leaves no trace (the table once kept a counter per task id ever seen)."""
     import asyncio
     import threading
 
     from blockstore import StoreEvent
-    from server.versions import AliasTable
+    from server.records import RecordTable
 
     store.register("digits", make_pack("digits").to_bytes())
     store.set_alias("digits", "prod", 1)
-    table = AliasTable(store)
+    table = RecordTable(store)
     started, release = threading.Event(), threading.Event()
     real = store.get_record
 
@@ -137,10 +137,10 @@ def test_the_alias_table_keeps_nothing_for_deleted_tasks_and_drops_a_raced_read(
         return version
 
     assert asyncio.run(raced()) == 1
-    assert table._tables == {} and table._readers == {} and table._raced == set()  # not cached: it raced
+    assert dict(table._records) == {} and table._readers == {} and table._raced == set()  # not cached: it raced
     assert asyncio.run(table.resolve("digits", "prod")) == 1
-    assert table._tables == {"digits": {"prod": 1}}
+    assert list(table._records) == ["digits"]
     for i in range(1000):  # events for task ids nobody reads
         table.on_event(StoreEvent("delete", f"gone-{i}"))
     table.on_event(StoreEvent("delete", "digits"))
-    assert table._tables == {} and table._readers == {} and table._raced == set()
+    assert dict(table._records) == {} and table._readers == {} and table._raced == set()
