@@ -25,7 +25,8 @@
   the next request re-reads the record); alias events change no pack and drop nothing.
 * **Failures**: a stored pack that cannot be prepared (corrupt, other backbone) makes its task answer
   ``task_unavailable`` for ``failure_ttl`` seconds or until the task's next store event, so a bad
-  pack does not hammer the store.  A store outage leaves cached tasks serving.
+  pack does not hammer the store.  A store outage leaves cached tasks serving, and spilled ones whose
+  record the table holds.
 * **Integrity**: the store verifies the SHA-256 of every pack it returns (a cold load hashes the bytes
   once, there).  A mismatch is logged, counted (``nettailor_integrity_failures_total``) and answered
   ``task_unavailable``; the store marks the digest corrupt and its ``corrupt`` event makes every

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from blockstore import PackNotFound, StoreEvent
+from blockstore import PackNotFound, StoreEvent, StoreUnavailable
 from server.cache import PackCache
 from server.engine import ProcessExecutor
 from server.errors import TaskUnavailable
@@ -234,6 +234,33 @@ def test_a_miss_asks_the_store_only_what_its_events_have_not_said(any_store, bac
         with pytest.raises(TaskUnavailable, match="marked corrupt"):  # the spilled copy is not used
             cache.lease("t1")
         assert calls["check_pack"] == 1 and spill.hits == 2
+    finally:
+        cache.close()
+
+
+def test_a_spilled_task_read_before_serves_through_a_store_outage(any_store, backbone, make_pack, spill,  # type: ignore[no-untyped-def]
+                                                                  monkeypatch) -> None:
+    """With its record and the marks known from events, a task in the spill tier needs nothing from the
+    store: it comes back while the store is down.  One that was never spilled fails as before (503)."""
+    for i in range(3):
+        any_store.register(f"t{i}", make_pack(f"t{i}", seed=i).to_bytes())
+    one = PreparedTask.from_pack(make_pack("t0"), backbone, version=1).nbytes
+    cache = PackCache(any_store, backbone, one + one // 2, Metrics(),  # room for one task
+                      prepare=functools.partial(load_stored, any_store, backbone, spill=spill))
+    try:
+        for tid in ("t0", "t1"):
+            cache.lease(tid).release()
+        cache.records.get("t2")  # its record was read, but it was never loaded: no spilled copy
+
+        def down(self, *a, **k):  # type: ignore[no-untyped-def]
+            raise StoreUnavailable("the store is down")
+
+        for name in ("get_record", "check_pack", "corrupt_digests", "use_pack_bytes", "get_pack_bytes"):
+            monkeypatch.setattr(type(any_store), name, down)
+        with cache.lease("t0") as lease:
+            assert lease.task.task_id == "t0" and lease.task.spilled
+        with pytest.raises(StoreUnavailable):
+            cache.lease("t2")
     finally:
         cache.close()
 
