@@ -19,9 +19,9 @@
   table's corrupt marks leave the digest unmarked, a spilled copy is used without asking the store
   (server.spill); at 1,000 tasks this halved a miss's load, 9.8 and 8.5 ms against 4.1 and 3.7
   (bench/serve_bench.py, the README's findings).
-* **Pinned versions**: ``pinned_key(task, version)`` names one stored version of a task (``task@3``)
-  beside its current one, so a client that pins version 3 never evicts or confuses the current
-  entry.  Any change to the task drops its pinned entries (retention may have pruned the version;
+* **Pinned versions**: ``server.records.pinned_key(task, version)`` names one stored version of a
+  task (``task@3``) beside its current one, so a client that pins version 3 never evicts or confuses
+  the current entry.  Any change to the task drops its pinned entries (retention may have pruned the version;
   the next request re-reads the record); alias events change no pack and drop nothing.
 * **Failures**: a stored pack that cannot be prepared (corrupt, other backbone) makes its task answer
   ``task_unavailable`` for ``failure_ttl`` seconds or until the task's next store event, so a bad
@@ -56,22 +56,11 @@ from .errors import TaskUnavailable
 from .executor import PreparedTask
 from .loading import LoadFailure, Prepare, load_stored
 from .metrics import Metrics
-from .records import RecordTable
+from .records import RecordTable, split_key
 
-__all__ = ["Lease", "PackCache", "pinned_key", "split_key"]
+__all__ = ["Lease", "PackCache"]
 
 log = logging.getLogger(__name__)
-
-
-def pinned_key(task_id: str, version: int) -> str:
-    """The cache key of one stored version of a task ('@' never occurs in a task id)."""
-    return f"{task_id}@{int(version)}"
-
-
-def split_key(key: str) -> tuple[str, int | None]:
-    """``(task_id, version)`` of a cache key; version None for the task's current version."""
-    task_id, _, version = key.partition("@")
-    return task_id, int(version) if version else None
 
 
 class _Entry:
@@ -276,19 +265,12 @@ class PackCache:
     # -- loading ---------------------------------------------------------------------------
 
     def _load_from_store(self, key: str) -> PreparedTask:
-        """Resolve ``key`` to one stored version (from the task's record in the record table), then
-        fetch, verify and fold it with ``prepare`` (here, or in the executor process).  A pack collected
-        meanwhile (the task changed, and its event is on the way) is resolved once more, from the store."""
-        task_id, pinned = split_key(key)
+        """Resolve ``key`` to one stored version (:meth:`RecordTable.stored_version`), then fetch, verify
+        and fold it with ``prepare`` (here, or in the executor process).  A pack collected meanwhile (the
+        task changed, and its event is on the way) is resolved once more, from the store."""
+        task_id = split_key(key)[0]
         for attempt in (1, 2):
-            if attempt == 2:
-                self.records.forget(task_id)
-            rec = self.records.get(task_id)
-            if pinned is not None:  # one stored version: VersionNotFound (404) names the versions kept
-                h = rec.find(pinned)
-                version, sha256 = h.version, h.sha256
-            else:
-                version, sha256 = rec.version, rec.sha256
+            version, sha256 = self.records.stored_version(key, fresh=attempt == 2)
             try:
                 return self._prepare(task_id, version, sha256, self.records.unmarked(sha256))
             except LoadFailure as e:

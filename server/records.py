@@ -1,7 +1,8 @@
 """Each task's record as last read from the store on this replica, kept fresh by store events.
 
-The pack cache resolves a miss to a stored version here, and alias resolution (server.versions) reads a
-record's aliases here.  One table per replica, fed by the pack cache's event callback.
+The pack cache resolves a miss to a stored version here (its keys name a task's current version, or
+one pinned version: :func:`pinned_key`), and alias resolution (server.versions) reads a record's
+aliases here.  One table per replica, fed by the pack cache's event callback.
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ import anyio.to_thread
 
 from blockstore import AliasNotFound, Store, StoreEvent, TaskRecord
 
-__all__ = ["RecordTable"]
+__all__ = ["RecordTable", "pinned_key", "split_key"]
+
+
+def pinned_key(task_id: str, version: int) -> str:
+    """The pack cache's key for one stored version of a task ('@' never occurs in a task id)."""
+    return f"{task_id}@{int(version)}"
+
+
+def split_key(key: str) -> tuple[str, int | None]:
+    """``(task_id, version)`` of a cache key; version None for the task's current version."""
+    task_id, _, version = key.partition("@")
+    return task_id, int(version) if version else None
 
 
 class RecordTable:
@@ -42,12 +54,18 @@ class RecordTable:
         self._corrupt: set[str] | None = None  # the store's marked digests (None: not read since a resync)
         self._marks = 0  # bumped by every corrupt, repair and resync event: a read of the marks raced one
 
+    def _hit(self, task_id: str) -> TaskRecord | None:
+        """Under the lock: the task's record if the table holds it, now the most recently used."""
+        rec = self._records.get(task_id)
+        if rec is not None:
+            self._records.move_to_end(task_id)
+        return rec
+
     def get(self, task_id: str) -> TaskRecord:
         """The task's record, from the table or read from the store (TaskNotFound, StoreUnavailable)."""
         with self._lock:
-            rec = self._records.get(task_id)
+            rec = self._hit(task_id)
             if rec is not None:
-                self._records.move_to_end(task_id)
                 return rec
             epoch = self._epoch
             self._readers[task_id] = self._readers.get(task_id, 0) + 1
@@ -68,6 +86,19 @@ class RecordTable:
                         self._records.popitem(last=False)
         return rec
 
+    def stored_version(self, key: str, *, fresh: bool = False) -> tuple[int, str]:
+        """``(version, sha256)`` of the stored version a cache key names: the task's current one, or the
+        pinned one (VersionNotFound, 404, names the versions kept).  ``fresh``: read the record from the
+        store again first."""
+        task_id, pinned = split_key(key)
+        if fresh:
+            self.forget(task_id)
+        rec = self.get(task_id)
+        if pinned is None:
+            return rec.version, rec.sha256
+        h = rec.find(pinned)
+        return h.version, h.sha256
+
     def unmarked(self, sha256: str) -> bool:
         """Whether the store's corrupt marks, as events keep them here, leave ``sha256`` unmarked.  A
         digest that a current record names is stored (collection keeps what records name), so a copy of
@@ -85,7 +116,7 @@ class RecordTable:
     async def resolve(self, task_id: str, alias: str) -> int:
         """The version ``alias`` points at; AliasNotFound (404) lists the task's aliases."""
         with self._lock:
-            rec = self._records.get(task_id)
+            rec = self._hit(task_id)
         if rec is None:
             rec = await anyio.to_thread.run_sync(self.get, task_id)
         try:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 from blockstore import validate_alias
 
-from .cache import Lease, PackCache, pinned_key
+from .cache import Lease, PackCache
 from .errors import RequestError
+from .records import pinned_key
 
 __all__ = ["CURRENT", "ConflictingPin", "Pin", "acquire"]
 

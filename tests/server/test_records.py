@@ -3,6 +3,7 @@ corrupt marks, kept fresh by store events.  Over DirStore and the real Redis."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections import Counter
 
@@ -52,6 +53,13 @@ def test_the_table_is_bounded_least_recently_used_first(any_store, make_pack) ->
     for tid in ("t0", "t1", "t0", "t2", "t3"):
         table.get(tid)
     assert list(table._records) == ["t2", "t3"]
+    any_store.set_alias("t2", "prod", 1)
+    table.forget("t2")
+    table.get("t2")
+    table.get("t3")
+    assert asyncio.run(table.resolve("t2", "prod")) == 1  # an alias's read is a use too
+    table.get("t0")
+    assert list(table._records) == ["t2", "t0"]
 
 
 def test_corrupt_marks_are_read_once_and_kept_by_events(any_store, make_pack, monkeypatch) -> None:  # type: ignore[no-untyped-def]
