@@ -273,8 +273,16 @@ class Executor:
         keys = [b.intern(("stem", f, bn)) for f, bn in zip(b.frame_of_row, b.bn_ids)]
         d = _dedup(keys)
         reps = d[0] if d else list(range(b.n))
-        y = b.take(y, [b.frame_of_row[i] for i in reps])
-        z = net.maxpool(F.relu(self._bn(y, b.affine(0, [b.tasks[i] for i in reps]), 0, "bn1")))
+        frames = [b.frame_of_row[i] for i in reps]
+        # maxpool(relu(a * y + c)) is relu(a * maxpool(y) + c) where a >= 0, and relu(a * minpool(y) + c)
+        # where a < 0, exactly (both are monotonic in y): the BN and ReLU then run on the pooled map (4x
+        # smaller where the stem has a pool), and the pool once per frame, not once per row.
+        a = b.affine(0, [b.tasks[i] for i in reps])[:, :, self.layout[0]["bn1"], None, None]
+        pooled = b.take(net.maxpool(y), frames)
+        neg = a[:, 0] < 0
+        if bool(neg.any()):
+            pooled = torch.where(neg, b.take(net.maxpool(y.neg()), frames).neg_(), pooled)
+        z = F.relu_(torch.addcmul(a[:, 1], pooled, a[:, 0]))
         return (b.take(z, d[1]) if d else z), keys
 
     def _layer(self, b: _Batch, l: int, nodes: list[Tensor | None],

@@ -229,3 +229,28 @@ def test_mixed_batch_convolutions_read_channels_last_rows(setup):
         out = ex.run(items)
     _check(out, items, refs)
     assert formats and all(formats)
+
+
+def test_a_stem_with_negative_and_zero_bn_scales_matches_the_reference() -> None:
+    """The executor max-pools the stem before its BN and ReLU (a minimum where a channel's scale is
+    negative): exact for every sign, which a freshly initialised backbone (scales of 1) never shows."""
+    bb = make_backbone(config=_CASES["resnet10-bottleneck-proxies"][0])  # the stem with a max-pool
+    assert isinstance(bb.net.maxpool, torch.nn.MaxPool2d)
+    with torch.no_grad():
+        w = bb.net.bn1.weight
+        w.copy_(torch.linspace(-1.0, 1.0, w.numel()))
+        w[w.numel() // 2] = 0.0
+    spec = bb.spec
+    tasks, refs = [], _Refs()
+    plans = (dataclasses.replace(Plan.full(spec, 3, bottleneck=False), task_bn=True),  # the task's own statistics
+             dataclasses.replace(random_plan(spec, random.Random(3)), task_bn=False))  # the backbone's
+    for i, plan in enumerate(plans):
+        net = randomize(TailoredNet(bb, plan, 4), seed=10 + i)
+        data = TaskPack.from_net(net, f"neg-{i}", [str(j) for j in range(4)], Preprocess()).to_bytes()
+        tasks.append(PreparedTask.from_pack(TaskPack.from_bytes(data), bb, version=1))
+        refs.nets[tasks[-1].task_id] = TaskPack.from_bytes(data).build(bb)
+    assert any(t.affines is None for t in tasks) and any(t.affines is not None for t in tasks)
+    xs = _inputs(6, seed=5)
+    for kernel in KERNELS:
+        items = [(tasks[i % 2], xs[i]) for i in range(6)]
+        _check(Executor(bb, kernel=kernel).run(items), items, refs)
