@@ -12,6 +12,16 @@ identity basis.  The matrix is used where it is small: at most ``MAX_DENSE_RATIO
 convolution's own weight (so a 1x1 map's matrix is the centre tap, and a 2x2 map's is 16/9 of the
 weight).  Rows are channels-last, so the input and the output are views, not copies.
 
+On the CPU, a matrix larger than :data:`TRANSPOSED_BYTES` and at least :data:`TRANSPOSED_MIN_WIDTH`
+columns wide is kept transposed, and the product runs as ``(M^T x^T)^T``.  With a batch's 16 rows,
+MKL's ``x @ M`` streams such an ``M`` slower when it is not in the cache: a 1024 x 1024 matrix (a
+3x3 convolution of 256 channels on a 2x2 map), one of 12 used in turn, took 1,024 us against 675 us
+transposed, copies included (``bench/dense_forms.py``, one thread, 16 rows,
+``bench/results/dense_forms.json``).  The eight shapes this rule keeps transposed ran at 0.61-0.96x;
+a 4096 x 256 matrix (too narrow) at 1.15x, and those below 2.5 MiB at 0.83-1.47x.  In the executor's
+own batches (Zipf over 20 tasks, batches of 16, torch's profiler) the 1024 x 1024 product went from
+872 to 537 us a call.
+
 The result equals the convolution up to float rounding (the executor's equivalence tests bound the
 whole network at 1e-4).
 """
@@ -23,18 +33,21 @@ import threading
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_DENSE_RATIO", "DenseConvs"]
+__all__ = ["MAX_DENSE_RATIO", "TRANSPOSED_BYTES", "TRANSPOSED_MIN_WIDTH", "DenseConvs"]
 
 MAX_DENSE_RATIO = 2.0
+TRANSPOSED_BYTES = 5 << 19  # 2.5 MiB: larger CPU matrices are kept transposed (see the module doc) ...
+TRANSPOSED_MIN_WIDTH = 512  # ... unless narrower than this
 
 
 class DenseConvs:
-    """Per (convolution, input size): its matrix, or None where the convolution itself is cheaper.
+    """Per (convolution, input size): its matrix and whether it is kept transposed, or None where the
+    convolution itself is cheaper.
 
     Built on first use (thread-safe) from the frozen weights; never changes after."""
 
     def __init__(self) -> None:
-        self._maps: dict[tuple[int, int, int], Tensor | None] = {}
+        self._maps: dict[tuple[int, int, int], tuple[Tensor, bool] | None] = {}
         self._lock = threading.Lock()
 
     def __call__(self, conv: nn.Conv2d, x: Tensor) -> Tensor:
@@ -50,7 +63,9 @@ class DenseConvs:
         if m is None or not x.permute(0, 2, 3, 1).is_contiguous():
             return conv(x)
         oh, ow, cout = _out_size(conv, h, w)
-        y = x.permute(0, 2, 3, 1).reshape(b, h * w * c) @ m
+        mat, transposed = m
+        rows = x.permute(0, 2, 3, 1).reshape(b, h * w * c)
+        y = torch.mm(mat, rows.t().contiguous()).t().contiguous() if transposed else rows @ mat
         if conv.bias is not None:  # pragma: no cover - ResNet convolutions have none
             y = y.view(b, oh * ow, cout).add_(conv.bias)
         return y.view(b, oh, ow, cout).permute(0, 3, 1, 2)
@@ -65,8 +80,9 @@ def _out_size(conv: nn.Conv2d, h: int, w: int) -> tuple[int, int, int]:
             one(w, conv.kernel_size[1], conv.stride[1], conv.padding[1], conv.dilation[1]), conv.out_channels)
 
 
-def _dense(conv: nn.Conv2d, c: int, h: int, w: int, like: Tensor) -> Tensor | None:
-    """The matrix [h*w*c, oh*ow*cout] of ``conv`` on h x w inputs, or None when it would be large."""
+def _dense(conv: nn.Conv2d, c: int, h: int, w: int, like: Tensor) -> tuple[Tensor, bool] | None:
+    """The matrix [h*w*c, oh*ow*cout] of ``conv`` on h x w inputs (transposed, and True, where it is
+    large and on the CPU), or None when it would be large next to the convolution's weight."""
     if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
         return None
     oh, ow, cout = _out_size(conv, h, w)
@@ -77,4 +93,12 @@ def _dense(conv: nn.Conv2d, c: int, h: int, w: int, like: Tensor) -> Tensor | No
         # Basis row (y, x, ch) is the input with a one at that position: channels-last order.
         basis = torch.eye(n, dtype=like.dtype, device=like.device).view(n, h, w, c).permute(0, 3, 1, 2)
         out = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
-        return out.permute(0, 2, 3, 1).reshape(n, oh * ow * cout).contiguous()
+        mat = out.permute(0, 2, 3, 1).reshape(n, oh * ow * cout)
+        if transposed_on_cpu(mat.shape[0], mat.shape[1]) and like.device.type == "cpu":
+            return mat.t().contiguous(), True
+        return mat.contiguous(), False
+
+
+def transposed_on_cpu(k: int, n: int) -> bool:
+    """Whether a float32 matrix ``[k, n]`` is kept transposed on the CPU (see the module doc)."""
+    return k * n * 4 > TRANSPOSED_BYTES and n >= TRANSPOSED_MIN_WIDTH

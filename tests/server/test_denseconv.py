@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from server.denseconv import DenseConvs
+from server.denseconv import DenseConvs, transposed_on_cpu
 
 
 @pytest.mark.parametrize(("cin", "cout", "k", "stride", "pad", "hw", "dense"), [
@@ -35,3 +35,21 @@ def test_a_non_channels_last_input_takes_the_convolution() -> None:
     x = torch.randn(3, 8, 1, 1)[:, ::2]
     with torch.inference_mode():
         assert torch.allclose(DenseConvs()(conv, x), conv(x), atol=1e-5)
+
+
+@pytest.mark.parametrize(("cin", "hw", "transposed"), [
+    (256, 2, True),   # a 1024 x 1024 matrix (4 MiB): kept transposed on the CPU
+    (128, 2, False),  # 512 x 512 (1 MiB): as it is
+])
+def test_a_large_matrix_is_kept_transposed_and_gives_the_same_result(cin, hw, transposed) -> None:  # type: ignore[no-untyped-def]
+    torch.manual_seed(0)
+    conv = nn.Conv2d(cin, cin, 3, 1, 1, bias=False).eval()
+    x = torch.randn(16, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    convs = DenseConvs()
+    with torch.inference_mode():
+        got, want = convs(conv, x), conv(x)
+    assert torch.allclose(got, want, atol=1e-4), (got - want).abs().max()
+    assert got.permute(0, 2, 3, 1).is_contiguous()
+    m = convs._maps[(id(conv), hw, hw)]
+    assert m is not None and m[1] == transposed
+    assert transposed_on_cpu(*(m[0].shape[::-1] if m[1] else m[0].shape)) == transposed
