@@ -94,11 +94,12 @@ def _dense(conv: nn.Conv2d, c: int, h: int, w: int, like: Tensor) -> tuple[Tenso
         basis = torch.eye(n, dtype=like.dtype, device=like.device).view(n, h, w, c).permute(0, 3, 1, 2)
         out = nn.functional.conv2d(basis, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
         mat = out.permute(0, 2, 3, 1).reshape(n, oh * ow * cout)
-        if transposed_on_cpu(mat.shape[0], mat.shape[1]) and like.device.type == "cpu":
+        if like.device.type == "cpu" and transposed_on_cpu(mat.shape[0], mat.shape[1], mat.element_size()):
             return mat.t().contiguous(), True
         return mat.contiguous(), False
 
 
-def transposed_on_cpu(k: int, n: int) -> bool:
-    """Whether a float32 matrix ``[k, n]`` is kept transposed on the CPU (see the module doc)."""
-    return k * n * 4 > TRANSPOSED_BYTES and n >= TRANSPOSED_MIN_WIDTH
+def transposed_on_cpu(k: int, n: int, itemsize: int = 4) -> bool:
+    """Whether a matrix ``[k, n]`` (float32 unless ``itemsize`` says otherwise) is kept transposed on the
+    CPU (see the module doc)."""
+    return k * n * itemsize > TRANSPOSED_BYTES and n >= TRANSPOSED_MIN_WIDTH
