@@ -346,7 +346,7 @@ def main() -> None:
         as two lanes of one thread each."""
         r = _rates(bb, limit_packs, args, machine_threads, machine_threads)
         own = _rates(bb, limit_packs, args, server_threads, machine_threads)
-        r.update({f"{k}@server_threads": v for k, v in own.items() if k in ("mixed", "one")})
+        r.update({f"{k}@server_threads": v for k, v in own.items() if k in ("mixed", "one", "zipf")})
         lanes = _rates(bb, limit_packs, args, 1, machine_threads, lanes=2)  # two batches side by side
         r.update({f"{k}@2_lanes": v for k, v in lanes.items() if k in ("mixed", "one")})
         print(f"[bench] executor: {json.dumps({k: round(v) for k, v in r.items()})}", flush=True)
@@ -483,6 +483,9 @@ def summarise(results: list[dict], executor: dict) -> dict:
         s[f"served_n{big}_vs_executor_zipf_n{big}"] = at[big]["throughput_rps"] / executor[f"zipf_n{big}"]
         s[f"served_n{big}_vs_executor_zipf_n{big}_at_server_threads"] = (
             at[big]["throughput_rps"] / executor[f"zipf_n{big}@server_threads"])
+        if "zipf@server_threads" in executor:  # the executor's own N = big over N = 20: what bounds n{big}_vs_n20
+            s[f"executor_zipf_n{big}_vs_n20_at_server_threads"] = (executor[f"zipf_n{big}@server_threads"]
+                                                                   / executor["zipf@server_threads"])
     for n in ns:
         b = _find(results, system="baseline", tasks=n, dist=dist, concurrency=cmax)
         if b and at.get(n):
