@@ -13,9 +13,6 @@ Run:  .venv/bin/python bench/dense_forms.py [--threads 1] [--rows 16] [--out ben
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,8 +22,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from server.denseconv import TRANSPOSED_BYTES, TRANSPOSED_MIN_WIDTH, transposed_on_cpu  # noqa: E402
+from executor_bench import write_result  # noqa: E402
+
+from server.denseconv import TRANSPOSED_BYTES, TRANSPOSED_MIN_WIDTH, product, transposed_on_cpu  # noqa: E402
 
 SHAPES = ((512, 512), (256, 512), (1024, 512), (512, 1024), (2304, 256), (1024, 768), (768, 1024),
           (1024, 1024), (2048, 512), (512, 2048), (4096, 256), (1536, 1024), (2048, 1024), (2048, 2048))
@@ -48,15 +48,15 @@ def measure(k: int, n: int, rows: int, mats: int, reps: int) -> dict:
     x = torch.randn(rows, k, generator=g)
     i = [0]
 
-    def plain() -> torch.Tensor:
+    def plain() -> torch.Tensor:  # both forms as server.denseconv runs them
         i[0] = (i[0] + 1) % mats
-        return x @ ws[i[0]]
+        return product(x, ws[i[0]], False)
 
     def transposed() -> torch.Tensor:
         i[0] = (i[0] + 1) % mats
-        return torch.mm(wts[i[0]], x.t().contiguous()).t().contiguous()
+        return product(x, wts[i[0]], True)
 
-    assert torch.allclose(x @ ws[0], torch.mm(wts[0], x.t().contiguous()).t(), atol=1e-3)
+    assert torch.allclose(product(x, ws[0], False), product(x, wts[0], True), atol=1e-3)
     for f in (plain, transposed):  # warm-up
         for _ in range(mats):
             f()
@@ -88,16 +88,10 @@ def main() -> None:
             print(f"[dense] {k:5d} x {n:5d} ({r['mb']:4.1f} MiB): x @ M {r['x_at_m_us']:7.1f} us, transposed "
                   f"{r['transposed_us']:7.1f} us, ratio {r['ratio']:.2f}"
                   f"{'  (served transposed)' if r['server_uses_transposed'] else ''}", flush=True)
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                       "torch": torch.__version__,
-                       "note": "shared with other agents: compare the two forms of one run, not absolute figures"},
-           "command": " ".join([Path(sys.executable).name, *sys.argv]),
-           "config": {**vars(args), "transposed_bytes": TRANSPOSED_BYTES, "transposed_min_width": TRANSPOSED_MIN_WIDTH},
-           "shapes": rows}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"[dense] wrote {path}")
+    config = {**vars(args), "transposed_bytes": TRANSPOSED_BYTES, "transposed_min_width": TRANSPOSED_MIN_WIDTH}
+    write_result(args.out, {"config": config, "shapes": rows},
+                 note="shared with other agents: compare the two forms of one run, not absolute figures")
+    print(f"[dense] wrote {args.out}")
 
 
 if __name__ == "__main__":

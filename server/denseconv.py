@@ -33,7 +33,8 @@ import threading
 import torch
 from torch import Tensor, nn
 
-__all__ = ["MAX_DENSE_RATIO", "TRANSPOSED_BYTES", "TRANSPOSED_MIN_WIDTH", "DenseConvs"]
+__all__ = ["MAX_DENSE_RATIO", "TRANSPOSED_BYTES", "TRANSPOSED_MIN_WIDTH", "DenseConvs", "product",
+           "transposed_on_cpu"]
 
 MAX_DENSE_RATIO = 2.0
 TRANSPOSED_BYTES = 5 << 19  # 2.5 MiB: larger CPU matrices are kept transposed (see the module doc) ...
@@ -63,9 +64,7 @@ class DenseConvs:
         if m is None or not x.permute(0, 2, 3, 1).is_contiguous():
             return conv(x)
         oh, ow, cout = _out_size(conv, h, w)
-        mat, transposed = m
-        rows = x.permute(0, 2, 3, 1).reshape(b, h * w * c)
-        y = torch.mm(mat, rows.t().contiguous()).t().contiguous() if transposed else rows @ mat
+        y = product(x.permute(0, 2, 3, 1).reshape(b, h * w * c), *m)
         if conv.bias is not None:  # pragma: no cover - ResNet convolutions have none
             y = y.view(b, oh * ow, cout).add_(conv.bias)
         return y.view(b, oh, ow, cout).permute(0, 3, 1, 2)
@@ -97,6 +96,11 @@ def _dense(conv: nn.Conv2d, c: int, h: int, w: int, like: Tensor) -> tuple[Tenso
         if like.device.type == "cpu" and transposed_on_cpu(mat.shape[0], mat.shape[1], mat.element_size()):
             return mat.t().contiguous(), True
         return mat.contiguous(), False
+
+
+def product(rows: Tensor, mat: Tensor, transposed: bool) -> Tensor:
+    """``rows @ M`` [B, N], contiguous, with ``mat`` either ``M`` [K, N] or, ``transposed``, ``M^T`` [N, K]."""
+    return torch.mm(mat, rows.t().contiguous()).t().contiguous() if transposed else rows @ mat
 
 
 def transposed_on_cpu(k: int, n: int, itemsize: int = 4) -> bool:

@@ -277,12 +277,12 @@ class Executor:
         # maxpool(relu(a * y + c)) is relu(a * maxpool(y) + c) where a >= 0, and relu(a * minpool(y) + c)
         # where a < 0, exactly (both are monotonic in y): the BN and ReLU then run on the pooled map (4x
         # smaller where the stem has a pool), and the pool once per frame, not once per row.
-        a = b.affine(0, [b.tasks[i] for i in reps])[:, :, self.layout[0]["bn1"], None, None]
+        affine = b.affine(0, [b.tasks[i] for i in reps])
         pooled = b.take(net.maxpool(y), frames)
-        neg = a[:, 0] < 0
+        neg = affine[:, 0, self.layout[0]["bn1"], None, None] < 0
         if y.device.type != "cpu" or bool(neg.any()):  # on a GPU, both pools: asking would wait for it
             pooled = torch.where(neg, b.take(net.maxpool(y.neg()), frames).neg_(), pooled)
-        z = F.relu_(torch.addcmul(a[:, 1], pooled, a[:, 0]))
+        z = F.relu_(self._bn(pooled, affine, 0, "bn1"))
         return (b.take(z, d[1]) if d else z), keys
 
     def _layer(self, b: _Batch, l: int, nodes: list[Tensor | None],
