@@ -13,9 +13,6 @@ Run:  .venv/bin/python bench/executor_ab.py A_DIR B_DIR [--tasks 20] [--batch 16
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import random
 import statistics
 import sys
@@ -27,7 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
-from executor_bench import _rows, build_packs, make_backbone  # noqa: E402
+from executor_bench import _rows, build_packs, make_backbone, write_result  # noqa: E402
 
 
 def _import_from(root: Path):  # type: ignore[no-untyped-def]
@@ -79,13 +76,8 @@ def main() -> None:
         results[wl] = {"a_ms": a, "b_ms": b, "b_over_a": b / a, "b_over_a_sum": sum(times[1]) / sum(times[0])}
         print(f"[ab] {wl:5s} N={args.tasks} batch {args.batch}: A {a:6.2f} ms  B {b:6.2f} ms  B/A {b / a:.3f}",
               flush=True)
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                       "torch": torch.__version__},
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "config": vars(args), "results": results}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
-    print(f"[ab] wrote {path}")
+    write_result(args.out, {"config": vars(args), "results": results})
+    print(f"[ab] wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from blockstore import Backbone, BackboneConfig, Preprocess, TailoredNet, TaskPa
 from blockstore.testing import random_plan, randomize  # noqa: E402
 from server.executor import Executor, PreparedTask  # noqa: E402
 
-__all__ = ["build_packs", "executor_rates", "make_backbone"]
+__all__ = ["build_packs", "executor_rates", "make_backbone", "write_result"]
 
 WORKLOADS = ("mixed", "zipf", "one", "one-task0", "full")
 
@@ -57,6 +57,18 @@ def build_packs(bb: Backbone, task_ids: list[str]) -> list[bytes]:
     for i, tid in enumerate(task_ids):
         net = randomize(TailoredNet(bb, random_plan(bb.spec, rng, bottleneck=bb.bottleneck), 10), seed=i, scale=0.05)
         out.append(TaskPack.from_net(net, tid, [str(k) for k in range(10)], Preprocess(size=32)).to_bytes())
+    return out
+
+
+def write_result(out_path: str | Path, body: dict, **machine: object) -> dict:
+    """Write a bench result as JSON: the machine (platform, cores, Python, torch, load, and ``machine``'s
+    extra fields), the command line, then ``body``; the written dict."""
+    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
+                       "torch": torch.__version__, "loadavg": os.getloadavg(), **machine},
+           "command": " ".join([Path(sys.executable).name, *sys.argv]), **body}
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2))
     return out
 
 
@@ -160,13 +172,8 @@ def main() -> None:
         res[f"ratios{sfx}"] = {"mixed_vs_one": r[f"mixed{sfx}"] / r[f"one{sfx}"],
                                "mixed_vs_one_task0": r[f"mixed{sfx}"] / r[f"one-task0{sfx}"],
                                "zipf_vs_one": r[f"zipf{sfx}"] / r[f"one{sfx}"]}
-    out = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                       "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu",
-                       "loadavg": os.getloadavg()},
-           "command": " ".join([Path(sys.executable).name, *sys.argv]), "config": vars(args), **res}
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2))
+    out = write_result(args.out, {"config": vars(args), **res},
+                       device=torch.cuda.get_device_name(0) if args.device.startswith("cuda") else "cpu")
     print(json.dumps({k: v for k, v in out.items() if k != "config"}, indent=2))
 
 
